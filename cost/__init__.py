@@ -1,0 +1,1 @@
+"""Hardware profiles, latency and memory models."""

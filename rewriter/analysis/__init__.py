@@ -1,0 +1,1 @@
+"""Model analysis: op table, MACs, memory, blocks, channel groups."""

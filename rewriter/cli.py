@@ -1,0 +1,239 @@
+"""The `rewriter` command line.
+
+Exit codes: 0 success; 1 verification failed (nothing written); 2 bad input (missing or
+corrupt file, unknown pass or site, unsupported op or dynamic shape); 3 no candidate within
+budget; 70 internal error (a bug: set REWRITER_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rewriter.errors import BadInputError, RewriterError, VerificationError
+from rewriter.tables import human, human_bytes, table
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every bad input
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path to an ONNX file")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3xHxW",
+                   help="fix an input's dims (needed where H or W are dynamic); repeatable")
+
+
+def _load(args: argparse.Namespace):
+    from rewriter.graph_io import load_model, parse_input_shapes
+
+    return load_model(args.model, parse_input_shapes(args.input_shape))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rewriter", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version="rewriter 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("passes", help="list the passes and whether each is exact")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("inspect", help="analyse a model: ops, MACs, memory, blocks, sites")
+    _add_model_options(p)
+    p.add_argument("--multiple", type=int, default=32, metavar="P",
+                   help="parallelism factor for the channel-alignment sites (default 32)")
+    p.add_argument("--ops", action="store_true", help="also print the per-op table")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("sites", help="list the sites where a pass applies, with their ids")
+    _add_model_options(p)
+    p.add_argument("--pass", dest="pass_name", required=True, metavar="NAME")
+    p.add_argument("--multiple", type=int, default=32, metavar="P")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("apply", help="apply a pass, verify in onnxruntime, write the result")
+    _add_model_options(p)
+    p.add_argument("--pass", dest="pass_name", required=True, metavar="NAME")
+    p.add_argument("--site", action="append", metavar="ID", help="only these sites (repeatable)")
+    p.add_argument("--multiple", type=int, default=32, metavar="P",
+                   help="P for align-channels-up (default 32)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs keyed by input name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max error relative to each output's scale (default 1e-4)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("zoo", help="build a model of the project's zoo")
+    p.add_argument("name", help="mobilenetv2, mobilenetv3, ssdlite or lraspp")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--opset", type=int, default=13)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_passes(args: argparse.Namespace) -> int:
+    from rewriter.passes import PASSES
+
+    if args.json:
+        print(json.dumps([{"name": c.name, "exact": c.exact, "summary": c.summary}
+                          for c in PASSES.values()], indent=2))
+        return 0
+    width = max(len(n) for n in PASSES)
+    for name, cls in PASSES.items():
+        print(f"{name:<{width}}  {'exact' if cls.exact else 'architecture change':<19}  "
+              f"{cls.summary}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from rewriter.analysis.summary import analyse
+
+    model = _load(args)
+    result = analyse(model, multiple=args.multiple)
+    if args.json:
+        data = result.to_dict()
+        if not args.ops:
+            data.pop("ops")
+        data["model"] = args.model
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"model   {args.model}  (opset {result.opset}, {len(result.ops)} nodes)")
+    print("inputs  " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items()))
+    print("outputs " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result.outputs.items()))
+    print(f"params  {result.params:,} ({human_bytes(result.param_bytes)})   MACs {human(result.macs)}"
+          f"   peak activations {human_bytes(result.peak_activation_bytes)} "
+          f"(at {result.peak_step})")
+    counts = result.to_dict()["op_counts"]
+    print("ops     " + ", ".join(f"{op} {n}" for op, n in counts.items()))
+    ibns = [b for b in result.blocks if b.kind == "inverted_bottleneck"]
+    print(f"\ninverted bottlenecks: {len(ibns)}")
+    if ibns:
+        rows = [[b.nodes[0], b.in_channels, b.out_channels, f"{b.expansion:g}",
+                 f"{b.kernel}x{b.kernel}", b.stride, "yes" if b.residual else "",
+                 "yes" if b.squeeze_excite else "", b.activation] for b in ibns]
+        print(table(["first node", "in", "out", "expansion", "kernel", "stride", "residual",
+                     "SE", "activation"], rows))
+    others = len(result.blocks) - len(ibns)
+    print(f"conv -> BN -> act chains outside them: {others}")
+    free = [g for g in result.groups if not g.is_frozen]
+    print(f"\nchannel groups: {len(result.groups)} ({len(free)} free, "
+          f"{len(result.groups) - len(free)} frozen)")
+    print("\nsites   " + ", ".join(f"{k} {v}" for k, v in result.sites.items())
+          + f"   (align at P={args.multiple})")
+    if args.ops:
+        rows = [[r.name, r.op_type, "x".join(map(str, r.output_shape)), human(r.macs), r.params]
+                for r in result.ops]
+        print("\n" + table(["node", "op", "output", "MACs", "params"], rows))
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from rewriter.passes import get_pass
+
+    rule = get_pass(args.pass_name, args.multiple)
+    model = _load(args)
+    found = rule.sites(model)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in found], indent=2))
+        return 0
+    if not found:
+        print(f"{rule.name}: no sites")
+    for site in found:
+        print(f"{site.id}\t{site.description}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from rewriter.graph_io import save_model
+    from rewriter.passes import get_pass
+    from rewriter.rewrite import apply_pass
+    from rewriter.verify import load_inputs, verify
+
+    out = Path(args.output)
+    if out.exists() and out.resolve() == Path(args.model).resolve():
+        raise BadInputError("the output would overwrite the input model; choose another -o")
+    rule = get_pass(args.pass_name, args.multiple)
+    model = _load(args)
+    inputs = load_inputs(args.inputs, model) if args.inputs else None
+    result = apply_pass(model, rule, args.site)
+    report = verify(model, result.model, inputs, seed=args.seed, tolerance=args.tolerance)
+    summary = {
+        "model": args.model,
+        "pass": rule.name,
+        "exact": rule.exact,
+        "applied": [s.to_dict() for s in result.applied],
+        "skipped": [{"id": i, "why": w} for i, w in result.skipped],
+        "verification": report.to_dict(),
+        "output": None,
+    }
+    if report.passed and result.applied:
+        result.model.metadata["rewriter.passes"] = ",".join(
+            filter(None, [model.metadata.get("rewriter.passes", ""),
+                          *(f"{s.pass_name}@{s.id}" for s in result.applied)]))
+        save_model(result.model, out)
+        summary["output"] = str(out)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for site in result.applied:
+            print(f"applied  {rule.name} @ {site.id}: {site.description}")
+        for site_id, why in result.skipped:
+            print(f"skipped  {rule.name} @ {site_id}: {why}")
+        if not result.applied:
+            print(f"{rule.name}: no sites to apply; nothing written")
+        print(report.summary())
+        if summary["output"]:
+            print(f"wrote {out}")
+    if not report.passed:
+        raise VerificationError(f"{report.summary()}; nothing written")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from rewriter import zoo
+    from rewriter.graph_io import save_model
+
+    try:
+        proto = zoo.build(args.name, width=args.width, resolution=args.resolution,
+                          seed=args.seed, opset=args.opset)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
+    save_model(proto, args.output)
+    print(f"wrote {args.output} ({args.name}, width {args.width:g}, {args.resolution}x"
+          f"{args.resolution}, seed {args.seed})")
+    return 0
+
+
+COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
+            "apply": cmd_apply, "zoo": cmd_zoo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RewriterError as exc:
+        print(f"rewriter: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rewriter: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("REWRITER_DEBUG"):
+            raise
+        print(f"rewriter: internal error: {type(exc).__name__}: {exc} "
+              "(a bug; REWRITER_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

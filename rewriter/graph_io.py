@@ -1,0 +1,413 @@
+"""Load ONNX files into an editable `Model`, and save models atomically.
+
+Loading normalises what exporters produce so that passes see one shape of graph:
+Constant nodes become initializers, constant sub-expressions (a Reshape of a constant
+bias, say) are folded, every node gets a unique name, and the graph is topologically
+sorted. Symbolic dims stay symbolic: analysis runs on concrete shapes (batch 1 unless the
+user says otherwise), but the model that is written keeps the symbolic batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from rewriter.errors import BadInputError, UnsupportedError
+
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+
+# Protobuf refuses messages over 2 GiB; past this the weights go to an external file.
+_PROTOBUF_LIMIT = 2**31 - 2**24
+
+Shape = tuple[int, ...]
+
+
+def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, Shape]:
+    """Parse CLI `NAME=1x3x224x224` strings."""
+    shapes: dict[str, Shape] = {}
+    for spec in specs or ():
+        name, sep, dims = spec.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise BadInputError(
+                f"bad --input-shape {spec!r}: expected NAME=DxDx... with positive integers, "
+                "e.g. input=1x3x224x224"
+            ) from None
+        shapes[name] = shape
+    return shapes
+
+
+def _is_static(dim: object) -> bool:
+    return isinstance(dim, (int, np.integer)) and int(dim) > 0
+
+
+@dataclass
+class Model:
+    """An ONNX model as an editable onnx-graphsurgeon graph plus what analysis needs.
+
+    `input_shapes` holds the concrete shape of every graph input used for analysis and
+    verification (None where a non-batch dim is still symbolic). Passes never mutate a
+    Model they are given: they `copy()` it and edit the copy.
+    """
+
+    graph: gs.Graph
+    input_shapes: dict[str, Shape | None]
+    ir_version: int
+    source: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    _shapes: dict[str, Shape] | None = field(default=None, repr=False)
+
+    # -- structure -------------------------------------------------------------------
+    @property
+    def opset(self) -> int:
+        return int(self.graph.opset)
+
+    def copy(self) -> "Model":
+        return Model(
+            graph=self.graph.copy(),
+            input_shapes=dict(self.input_shapes),
+            ir_version=self.ir_version,
+            source=self.source,
+            metadata=dict(self.metadata),
+        )
+
+    def node(self, name: str) -> gs.Node:
+        for node in self.graph.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def tensors(self) -> dict[str, gs.Tensor]:
+        return self.graph.tensors()
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return any(t is tensor for t in self.graph.outputs)
+
+    def batch_is_symbolic(self) -> bool:
+        return any(t.shape is not None and len(t.shape) > 0 and not _is_static(t.shape[0])
+                   for t in self.graph.inputs)
+
+    # -- shapes ----------------------------------------------------------------------
+    def concrete_input_shapes(self) -> dict[str, Shape]:
+        missing = {k: v for k, v in self.input_shapes.items() if v is None}
+        if missing:
+            lines = []
+            for inp in self.graph.inputs:
+                if inp.name in missing:
+                    dims = "x".join(str(d) if _is_static(d) else "?" for d in inp.shape)
+                    lines.append(f"'{inp.name}' is {dims}")
+            example = next(iter(missing))
+            raise UnsupportedError(
+                f"dynamic input dims: {', '.join(lines)}; this needs static sizes: pass "
+                f"--input-shape {example}=1x3xHxW"
+            )
+        return {k: v for k, v in self.input_shapes.items() if v is not None}
+
+    @property
+    def shapes(self) -> dict[str, Shape]:
+        """Concrete shape of every tensor (inputs at `concrete_input_shapes()`)."""
+        if self._shapes is None:
+            self._shapes = _infer_concrete_shapes(self)
+        return self._shapes
+
+    def shape(self, tensor: gs.Tensor | str) -> Shape:
+        name = tensor if isinstance(tensor, str) else tensor.name
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.values.shape)
+        return self.shapes[name]
+
+    def invalidate(self) -> None:
+        self._shapes = None
+
+    # -- export ----------------------------------------------------------------------
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export with symbolic dims kept and intermediate shapes re-inferred."""
+        self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        proto = gs.export_onnx(self.graph, do_type_check=False)
+        proto.ir_version = self.ir_version
+        del proto.graph.value_info[:]
+        del proto.metadata_props[:]
+        for key, value in self.metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto)
+        except Exception:  # shape inference is advisory here; the checker runs on save
+            pass
+        return proto
+
+
+def _infer_concrete_shapes(model: Model) -> dict[str, Shape]:
+    proto = model.to_onnx()
+    concrete = model.concrete_input_shapes()
+    for inp in proto.graph.input:
+        if inp.name in concrete:
+            dims = inp.type.tensor_type.shape.dim
+            for dim, size in zip(dims, concrete[inp.name]):
+                dim.Clear()
+                dim.dim_value = size
+    del proto.graph.value_info[:]
+    for out in proto.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception as exc:
+        raise UnsupportedError(f"shape inference failed: {exc}".splitlines()[0]) from None
+    shapes: dict[str, Shape] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(
+        inferred.graph.output
+    ):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+    for init in inferred.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    missing = [
+        t.name for node in model.graph.nodes for t in node.outputs if t.name not in shapes
+    ]
+    if missing:
+        shapes.update(_shapes_from_onnxruntime(inferred, missing, concrete))
+    return shapes
+
+
+def _shapes_from_onnxruntime(
+    proto: onnx.ModelProto, names: list[str], inputs: Mapping[str, Shape]
+) -> dict[str, Shape]:
+    """Shapes ONNX inference could not resolve, read off one onnxruntime run."""
+    from rewriter.runtime import run_model
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    feeds = {
+        name: np.zeros(shape, dtype=np.float32) for name, shape in inputs.items()
+    }
+    outputs = run_model(probe, feeds, output_names=names)
+    return {name: tuple(int(d) for d in value.shape) for name, value in outputs.items()}
+
+
+# -- loading ---------------------------------------------------------------------------
+def load_model(
+    path: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Model:
+    """Read an ONNX file (with external data beside it, if any) into a `Model`."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"no such file: {path}")
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory, not an ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except DecodeError as exc:
+        raise BadInputError(f"{path} is not an ONNX model (protobuf parse failed: {exc})") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInputError(f"cannot read {path}: {msg}") from None
+    except Exception as exc:  # protobuf raises its own types for truncated input
+        raise BadInputError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})") from None
+    return model_from_proto(proto, input_shapes, source=str(path))
+
+
+def model_from_proto(
+    proto: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    source: str | None = None,
+) -> Model:
+    """Build a `Model` from an in-memory ModelProto (the proto is not modified)."""
+    where = source or "model"
+    if not proto.HasField("graph") or len(proto.graph.node) == 0:
+        raise BadInputError(f"{where} is not an ONNX model (no graph or no nodes)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"{where} is not a valid ONNX model: {first}") from None
+    _check_supported(proto, where)
+
+    graph = gs.import_onnx(proto)
+    _constant_nodes_to_initializers(graph)
+    try:
+        graph.fold_constants(error_ok=True)
+    except Exception:  # folding is an optimisation; an unfoldable graph still loads
+        pass
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _name_nodes(graph)
+
+    model = Model(
+        graph=graph,
+        input_shapes={},
+        ir_version=proto.ir_version,
+        source=source,
+        metadata={p.key: p.value for p in proto.metadata_props},
+    )
+    model.input_shapes = _resolve_input_shapes(graph, dict(input_shapes or {}))
+    return model
+
+
+def _check_supported(proto: onnx.ModelProto, where: str) -> None:
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 11:
+            raise UnsupportedError(
+                f"{where} uses opset {opset.version}; opset 11 or newer is supported "
+                "(upgrade it with onnx.version_converter)"
+            )
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedError(
+                f"{where}: op {node.op_type} of domain '{node.domain}' (node '{node.name}') "
+                "is not supported"
+            )
+    for inp in proto.graph.input:
+        elem = inp.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            raise UnsupportedError(
+                f"{where}: input '{inp.name}' is {onnx.TensorProto.DataType.Name(elem)}; "
+                "only float32 models are supported"
+            )
+
+
+def _constant_nodes_to_initializers(graph: gs.Graph) -> None:
+    for node in graph.nodes:
+        if node.op != "Constant" or not node.outputs:
+            continue
+        values = _constant_node_value(node)
+        if values is None:
+            continue
+        out = node.outputs[0]
+        node.outputs.clear()
+        out.to_constant(values)
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray | None:
+    attrs = node.attrs
+    if "value" in attrs:
+        value = attrs["value"]
+        return np.array(value.values) if isinstance(value, gs.Constant) else None
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(list(attrs[key]), dtype=dtype)
+    return None
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    seen: set[str] = set()
+    counters: dict[str, int] = {}
+    for node in graph.nodes:
+        name = node.name
+        if not name or name in seen:
+            while True:
+                counters[node.op] = counters.get(node.op, -1) + 1
+                name = f"{node.op}_{counters[node.op]}"
+                if name not in seen:
+                    break
+            node.name = name
+        seen.add(name)
+
+
+def _resolve_input_shapes(
+    graph: gs.Graph, given: dict[str, Sequence[int]]
+) -> dict[str, Shape | None]:
+    """Concrete analysis shapes for each input; user-fixed non-batch dims fixed in the graph."""
+    by_name = {t.name: t for t in graph.inputs}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise BadInputError(
+            f"--input-shape names no input {', '.join(repr(u) for u in unknown)}; "
+            f"inputs are {', '.join(repr(n) for n in by_name)}"
+        )
+    result: dict[str, Shape | None] = {}
+    for name, tensor in by_name.items():
+        declared = list(tensor.shape) if tensor.shape is not None else None
+        if name in given:
+            wanted = tuple(int(d) for d in given[name])
+            if declared is not None and len(declared) != len(wanted):
+                raise BadInputError(
+                    f"--input-shape {name}: rank {len(wanted)} but the model declares rank "
+                    f"{len(declared)}"
+                )
+            if declared is not None:
+                for axis, (have, want) in enumerate(zip(declared, wanted)):
+                    if _is_static(have) and int(have) != want:
+                        raise BadInputError(
+                            f"--input-shape {name}: axis {axis} is fixed to {have} in the "
+                            f"model, not {want}"
+                        )
+                # Fix user-given non-batch dims in the graph; a symbolic batch stays.
+                tensor.shape = [
+                    d if axis == 0 and not _is_static(d) else w
+                    for axis, (d, w) in enumerate(zip(declared, wanted))
+                ]
+            result[name] = wanted
+            continue
+        if declared is None:
+            result[name] = None
+            continue
+        dims = [int(d) if _is_static(d) else None for d in declared]
+        if dims and dims[0] is None:
+            dims[0] = 1
+        result[name] = None if any(d is None for d in dims) else tuple(dims)  # type: ignore[misc]
+    return result
+
+
+# -- saving ----------------------------------------------------------------------------
+def save_model(model: Model | onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Write atomically: a temporary file beside the target, checked, then renamed."""
+    proto = model.to_onnx() if isinstance(model, Model) else model
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"output {path} is a directory")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.exists():
+        raise BadInputError(f"output directory {directory} does not exist")
+    external = proto.ByteSize() > _PROTOBUF_LIMIT
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    data_name = f"{path.name}.data"
+    tmp_data = directory / f".{data_name}.tmp"
+    try:
+        if external:
+            onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=tmp_data.name)
+        else:
+            onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        if external:
+            # The model names its data file; rewrite the location to the final name.
+            saved = onnx.load(str(tmp), load_external_data=False)
+            for init in saved.graph.initializer:
+                for entry in init.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save(saved, str(tmp))
+            os.replace(tmp_data, directory / data_name)
+        os.replace(tmp, path)
+    except onnx.checker.ValidationError as exc:
+        raise BadInputError(f"refusing to write {path}: the model fails onnx.checker: "
+                            f"{str(exc).splitlines()[0]}") from None
+    finally:
+        for leftover in (tmp, tmp_data):
+            if leftover.exists():
+                leftover.unlink()
+    return path

@@ -1,0 +1,45 @@
+"""Running models in onnxruntime, with its errors turned into one-line user errors."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from rewriter.errors import UnsupportedError
+
+
+def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True
+            ) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def run_model(
+    proto: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    output_names: Sequence[str] | None = None,
+    optimize: bool = True,
+) -> dict[str, np.ndarray]:
+    sess = session(proto, optimize=optimize)
+    names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
+    try:
+        values = sess.run(names, dict(feeds))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedError(f"onnxruntime failed to run the model: {first}") from None
+    return dict(zip(names, values))

@@ -1,0 +1,1 @@
+"""Search over rewrite sites (not built yet: see the search issue)."""

@@ -1,0 +1,112 @@
+"""Integration: pretrained models nobody on the team built, as users bring them.
+
+paddle2onnx exports: dynamic N/H/W, BatchNormalization unfolded, HardSwish spelled out as
+Add/Clip/Div/Mul, hundreds of Constant nodes as weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from rewriter.analysis.summary import analyse
+from rewriter.cli import main
+from rewriter.graph_io import load_model
+from rewriter.passes import PASSES, get_pass
+from rewriter.rewrite import apply_pass
+from rewriter.verify import verify
+from tests.conftest import text_image
+
+pytestmark = pytest.mark.integration
+
+CLS_SHAPE = {"x": (1, 3, 48, 192)}
+DET_SHAPE = {"x": (1, 3, 64, 96)}
+
+
+@pytest.fixture(scope="module")
+def cls_model(real_models):
+    return load_model(real_models["cls"], CLS_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def det_model(real_models):
+    return load_model(real_models["det"], DET_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def det_inputs():
+    return {"x": np.concatenate([text_image(64, 96, 0), text_image(64, 96, 1)])}
+
+
+def test_cls_loads_as_exported(real_models, cls_model):
+    proto = onnx.load(str(real_models["cls"]))
+    assert sum(n.op_type == "Constant" for n in proto.graph.node) > 300
+    ops = {n.op for n in cls_model.graph.nodes}
+    assert "Constant" not in ops  # weights became initializers
+    assert {"BatchNormalization", "HardSigmoid", "Clip", "Div"} <= ops
+
+
+def test_cls_inspected(cls_model):
+    result = analyse(cls_model)
+    ibns = [b for b in result.blocks if b.kind == "inverted_bottleneck"]
+    # MobileNetV3-small x0.35 as PaddleOCR ships it: 11 bottlenecks, 8 with hardswish
+    assert len(ibns) == 11
+    assert sum(b.activation == "hardswish" for b in ibns) == 8
+    assert sum(b.squeeze_excite for b in ibns) == 9
+    assert [b.kernel for b in ibns] == [3, 3, 3] + [5] * 8
+    # Independent count: every weight of this export is a float Constant node of >1 value.
+    raw = onnx.load(cls_model.source)
+    expected = 0
+    for node in raw.graph.node:
+        if node.op_type == "Constant":
+            value = onnx.numpy_helper.to_array(node.attribute[0].t)
+            if value.dtype == np.float32 and value.size > 1:
+                expected += value.size
+    assert result.params == expected
+    assert result.param_bytes == 4 * expected
+    assert result.sites["fold-bn"] == 35
+
+
+@pytest.mark.parametrize("pass_name", list(PASSES))
+def test_cls_every_exact_pass_verifies(cls_model, pass_name):
+    rule = get_pass(pass_name, 16)
+    result = apply_pass(cls_model, rule)
+    report = verify(cls_model, result.model)
+    assert report.passed, report.summary()
+    if pass_name != "fuse-linear-conv":  # the classifier has no linear 1x1 -> conv pair
+        assert result.applied
+
+
+@pytest.mark.parametrize("pass_name", list(PASSES))
+def test_det_every_exact_pass_verifies(det_model, det_inputs, pass_name):
+    result = apply_pass(det_model, get_pass(pass_name, 16))
+    assert result.applied
+    report = verify(det_model, result.model, det_inputs)
+    assert report.passed, report.summary()
+    assert report.outputs[0].scale > 0.5  # a real detection map, not a saturated one
+
+
+def test_det_noise_inputs_are_refused_not_passed(det_model):
+    """On noise the detector's map is ~1e-5 everywhere: no verdict can be drawn from it."""
+    result = apply_pass(det_model, get_pass("fold-bn"))
+    report = verify(det_model, result.model)
+    assert not report.passed
+    assert "ill-conditioned" in report.refused
+
+
+def test_cli_apply_on_real_model_keeps_symbolic_batch(real_models, tmp_path, capsys):
+    out = tmp_path / "cls_dense.onnx"
+    code = main(["apply", str(real_models["cls"]), "--input-shape", "x=1x3x48x192",
+                 "--pass", "dw-to-dense", "-o", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["verification"]["passed"] and len(summary["applied"]) == 11
+    written = onnx.load(str(out))
+    dims = written.graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value") or dims[0].dim_value <= 0  # batch stays dynamic
+    assert [d.dim_value for d in dims[1:]] == [3, 48, 192]
+    assert all(n.op_type != "Conv" or all(
+        a.i == 1 for a in n.attribute if a.name == "group") for n in written.graph.node)
