@@ -1,0 +1,111 @@
+"""Analysis of zoo models: blocks, parameter count, MACs, memory, channel groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rewriter import zoo
+from rewriter.analysis.blocks import find_blocks
+from rewriter.analysis.channels import channel_groups
+from rewriter.analysis.memory import memory_stats, peak_activation
+from rewriter.analysis.ops import op_table
+from rewriter.analysis.summary import analyse
+from tests.helpers import load
+
+# torchvision MobileNetV2: (expansion t, channels c, repeats n, stride s)
+MNV2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+        (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def expected_ibns(width: float) -> list[tuple[int, int, int, float, int, bool]]:
+    """(in, out, kernel, expansion, stride, residual) per block, from the paper's table."""
+    blocks = []
+    cin = make_divisible(32 * width)
+    for t, c, n, s in MNV2:
+        cout = make_divisible(c * width)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            blocks.append((cin, cout, 3, hidden / cin, stride, stride == 1 and cin == cout))
+            cin = cout
+    return blocks
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_mobilenetv2_blocks_and_params(width):
+    model = load(zoo.build("mobilenetv2", width=width, resolution=64))
+    ibns = [b for b in find_blocks(model) if b.kind == "inverted_bottleneck"]
+    got = [(b.in_channels, b.out_channels, b.kernel, b.expansion, b.stride, b.residual)
+           for b in ibns]
+    assert got == expected_ibns(width)
+    assert all(b.batchnorm and b.activation == "relu6" for b in ibns)
+    # Parameter count: every initializer of this BN-unfolded float model is a parameter.
+    expected = sum(int(np.prod(t.values.shape)) for t in model.graph.tensors().values()
+                   if hasattr(t, "values") and np.asarray(t.values).size > 1)
+    stats = memory_stats(model)
+    assert stats.params == expected and stats.param_bytes == 4 * expected
+    if width == 1.0:
+        # torchvision's mobilenet_v2() has 3,504,872 parameters (BN running stats excluded);
+        # the ONNX export also stores running mean and var: 2 * 17,056 more.
+        assert stats.params == 3_504_872 + 2 * 17_056
+
+
+def test_mobilenetv3_blocks_have_se_and_hardswish():
+    model = load(zoo.build("mobilenetv3", width=1.0, resolution=64))
+    ibns = [b for b in find_blocks(model) if b.kind == "inverted_bottleneck"]
+    assert len(ibns) == 11
+    assert sum(b.squeeze_excite for b in ibns) == 9
+    assert {b.activation for b in ibns} == {"relu", "hardswish"}
+    assert [b.kernel for b in ibns] == [3, 3, 3] + [5] * 8
+
+
+def test_macs_of_a_conv_match_the_formula():
+    model = load(zoo.build("mobilenetv2", width=1.0, resolution=224))
+    rows = {r.name: r for r in op_table(model)}
+    stem = next(r for r in rows.values() if r.op_type == "Conv")
+    assert stem.output_shape == (1, 32, 112, 112)
+    assert stem.macs == 32 * 112 * 112 * 3 * 3 * 3
+    total = sum(r.macs for r in rows.values())
+    assert 290e6 < total < 320e6  # MobileNetV2 1.0 @224: ~300M MACs
+
+
+def test_peak_activation_by_liveness():
+    model = load(zoo.build("mobilenetv2", width=1.0, resolution=224))
+    peak, _ = peak_activation(model)
+    # At least the largest single step: the first expand conv's 96x112x112 input + output.
+    assert peak >= 4 * (16 * 112 * 112 + 96 * 112 * 112)
+    # And never more than all activations at once.
+    everything = sum(4 * int(np.prod(s)) for name, s in model.shapes.items()
+                     if name not in {t.name for t in model.graph.tensors().values()
+                                     if hasattr(t, "values")})
+    assert peak < everything
+
+
+def test_channel_groups_of_mobilenetv2():
+    model = load(zoo.build("mobilenetv2", width=1.0, resolution=64))
+    groups = channel_groups(model)
+    frozen = [g for g in groups if g.is_frozen]
+    assert any("model input" in r for g in frozen for r in g.frozen)
+    assert any("model output" in r for g in frozen for r in g.frozen)
+    # Residual stages are one group each: e.g. the 24-channel stage has 2 producers.
+    g24 = [g for g in groups if g.channels == 24]
+    assert len(g24) == 1 and len(g24[0].by_role("producer")) == 2
+    # An expansion group: 1 producer (expand), depthwise + BN followers, 1 consumer (project).
+    g144 = [g for g in groups if g.channels == 144]
+    assert all(len(g.by_role("producer")) == 1 and len(g.by_role("consumer")) == 1
+               for g in g144)
+    assert all(any(m.node.endswith("dw.conv") for m in g.by_role("follower")) for g in g144)
+
+
+def test_analyse_json_shape():
+    data = analyse(load(zoo.build("lraspp", width=0.5, resolution=64))).to_dict()
+    assert data["sites"]["align-channels-up"] >= 1
+    assert {"Resize", "Concat", "Mul"} <= set(data["op_counts"])
+    ibn = next(b for b in data["blocks"] if b["kind"] == "inverted_bottleneck")
+    assert {"kind", "expansion", "kernel", "stride", "residual", "nodes"} <= set(ibn)
