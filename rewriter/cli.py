@@ -184,8 +184,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        for site in result.applied:
+        shown = result.applied if len(result.applied) <= 12 else result.applied[:10]
+        for site in shown:
             print(f"applied  {rule.name} @ {site.id}: {site.description}")
+        if len(shown) < len(result.applied):
+            print(f"applied  {rule.name} at {len(result.applied) - len(shown)} more sites "
+                  "(--json lists all)")
         for site_id, why in result.skipped:
             print(f"skipped  {rule.name} @ {site_id}: {why}")
         if not result.applied:
