@@ -139,3 +139,23 @@ def test_verification_inputs_from_npz(real_models, tmp_path, capsys):
     proc = run_cli("apply", str(real_models["det"]), "--input-shape", "x=1x3x64x96",
                    "--pass", "fold-bn", "--inputs", str(bad), "-o", str(tmp_path / "p.onnx"))
     assert proc.returncode == 2 and "lacks x" in proc.stderr
+
+
+def test_zoo_then_inspect_mobilenetv2(tmp_path, capsys):
+    path = tmp_path / "mnv2.onnx"
+    assert main(["zoo", "mobilenetv2", "--width", "0.5", "--resolution", "96", "-o",
+                 str(path)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ibns = [b for b in data["blocks"] if b["kind"] == "inverted_bottleneck"]
+    assert len(ibns) == 17
+    assert [b["expansion"] for b in ibns] == [1] + [6] * 16
+    assert [b["stride"] for b in ibns if b["stride"] == 2] == [2] * 4
+    assert sum(b["residual"] for b in ibns) == 10
+    assert data["params"] == 1_987_224  # the zoo's count at width 0.5, BN unfolded
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "inverted bottlenecks: 17" in text
+    assert main(["zoo", "resnet", "-o", str(path)]) == 2
+    assert "unknown" in capsys.readouterr().err.lower()
