@@ -1,1 +1,28 @@
 """Hardware profiles, latency and memory models."""
+
+from rewriter.cost.analytic import OpEstimate, estimate_op
+from rewriter.cost.latency import op_latency_s
+from rewriter.cost.opspec import KINDS, OpSpec, features
+from rewriter.cost.profile import HardwareProfile, ProfileError, builtin_profiles, load_profile
+
+# measure (onnxruntime) and regression (scikit-learn) are imported on first use.
+_LAZY = {
+    "Measurement": "measure", "MeasurementError": "measure", "measure_specs": "measure",
+    "one_op_model": "measure", "read_csv": "measure", "sample_specs": "measure",
+    "write_csv": "measure", "EstimatorError": "regression", "FitReport": "regression",
+    "RegressionEstimator": "regression",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"rewriter.cost.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'rewriter.cost' has no attribute {name!r}")
+
+
+__all__ = [
+    "KINDS", "HardwareProfile", "OpEstimate", "OpSpec", "ProfileError", "builtin_profiles",
+    "estimate_op", "features", "load_profile", "op_latency_s", *_LAZY,
+]

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max error relative to each output's scale (default 1e-4)")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("estimate", help="estimate latency and memory on a target")
+    _add_model_options(p)
+    p.add_argument("--target", required=True, metavar="NAME|PATH",
+                   help="built-in profile (npu-p32, npu-p16, cpu-ort) or a profile TOML")
+    p.add_argument("--top", type=int, default=15, metavar="N",
+                   help="print the N slowest kernels (0: all)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("zoo", help="build a model of the project's zoo")
     p.add_argument("name", help="mobilenetv2, mobilenetv3, ssdlite or lraspp")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
@@ -202,6 +210,39 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from rewriter.cost.estimate import Target
+
+    target = _target(args.target)
+    model = _load(args)
+    result = target.estimate(model)
+    if args.json:
+        print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
+        return 0
+    util = result.utilisation
+    print(f"target  {result.target}   latency {result.latency_ms:.4f} ms"
+          + (f"   MAC-array utilisation {100 * util:.1f}%" if util is not None else ""))
+    print(f"memory  params {human_bytes(result.param_bytes)}   peak activations "
+          f"{human_bytes(result.peak_activation_bytes)}")
+    ranked = sorted(result.ops, key=lambda o: -o.latency_ms)
+    shown = ranked if args.top <= 0 else ranked[:args.top]
+    rows = [[o.name, o.kind, f"{o.latency_ms:.4f}", f"{100 * o.latency_ms / result.latency_ms:.1f}%",
+             "" if o.utilisation is None else f"{100 * o.utilisation:.0f}%"] for o in shown]
+    print(f"\n{len(result.ops)} kernels; the {len(shown)} slowest:")
+    print(table(["kernel", "kind", "ms", "share", "util"], rows))
+    return 0
+
+
+def _target(name_or_path: str):
+    from rewriter.cost.estimate import Target
+    from rewriter.cost.profile import ProfileError
+
+    try:
+        return Target.load(name_or_path)
+    except ProfileError as exc:
+        raise BadInputError(str(exc)) from None
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rewriter import zoo
     from rewriter.graph_io import save_model
@@ -218,7 +259,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
-            "apply": cmd_apply, "zoo": cmd_zoo}
+            "apply": cmd_apply, "estimate": cmd_estimate, "zoo": cmd_zoo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,128 @@
+"""Decompose a model into kernels: an op plus the BatchNormalization and activation it fuses.
+
+Accelerator compilers (and onnxruntime's CPU provider) run a conv, the BN folded into it and
+the activation after it as one kernel, so latency is estimated per kernel, not per node:
+Conv -> BN? -> act? is one `OpSpec` with `act` set; the nodes of a squeeze-excite are their
+own small kernels; shape-only ops (Shape, Reshape, Flatten, Squeeze, Identity, Cast, ...)
+cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import onnx_graphsurgeon as gs
+
+from rewriter.analysis.activations import UNARY, match_activation
+from rewriter.cost.opspec import OpSpec
+from rewriter.graph_io import Model
+from rewriter.graph_query import const_value, conv_info, only_consumer
+
+FREE = {
+    "Shape", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout",
+    "Constant", "Gather", "Slice", "ConstantOfShape", "Range",
+}
+POOLS = {"MaxPool", "AveragePool"}
+GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str  # the first node's name
+    op_type: str  # the first node's op
+    nodes: tuple[str, ...]
+    spec: OpSpec
+
+
+def _dims(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(n, c, h, w) of a 4-D or 2-D shape."""
+    if len(shape) == 4:
+        return shape[0], shape[1], shape[2], shape[3]
+    if len(shape) >= 2:
+        return shape[0], shape[1], 1, 1
+    return 1, prod(shape) if shape else 1, 1, 1
+
+
+def _absorb(model: Model, tensor: gs.Tensor, used: set[str]) -> tuple[list[gs.Node], str]:
+    """The BN and activation fused after a producing op."""
+    nodes: list[gs.Node] = []
+    nxt = only_consumer(tensor, model.graph.outputs)
+    if nxt is not None and nxt.op == "BatchNormalization" and nxt.name not in used:
+        nodes.append(nxt)
+        tensor = nxt.outputs[0]
+    act = match_activation(tensor, model.graph.outputs)
+    if act is None or any(n.name in used for n in act.nodes):
+        return nodes, ""
+    return nodes + list(act.nodes), act.name
+
+
+def decompose(model: Model) -> list[Kernel]:
+    shapes = model.shapes
+    used: set[str] = set()
+    kernels: list[Kernel] = []
+    for node in model.graph.nodes:
+        if node.name in used or node.op in FREE:
+            continue
+        spec = _spec(model, node, shapes)
+        extra: list[gs.Node] = []
+        if spec is not None and spec.kind in ("conv", "conv1x1", "dwconv", "groupconv", "gemm"):
+            extra, act = _absorb(model, node.outputs[0], used)
+            if act:
+                spec = OpSpec(**{**spec.__dict__, "act": act})
+        if spec is None:
+            continue
+        members = (node.name, *(n.name for n in extra))
+        used.update(members)
+        kernels.append(Kernel(node.name, node.op, members, spec))
+    return kernels
+
+
+def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> OpSpec | None:
+    out = node.outputs[0] if node.outputs else None
+    if out is None or out.name not in shapes:
+        return None
+    n, cout, h_out, w_out = _dims(shapes[out.name])
+    data = [t for t in node.inputs if isinstance(t, gs.Variable) and t.name in shapes]
+    first = shapes[data[0].name] if data else shapes[out.name]
+    _, cin, h_in, w_in = _dims(first)
+    base = dict(n=n, cin=cin, cout=cout, h_in=h_in, w_in=w_in, h_out=h_out, w_out=w_out,
+                kh=1, kw=1, stride=1, groups=1, act="", n_inputs=max(1, len(data)))
+    if node.op == "Conv":
+        info = conv_info(node)
+        if info is None:
+            return OpSpec(kind="conv", **base)
+        kh, kw = info.kernel
+        base.update(kh=kh, kw=kw, stride=info.strides[0], groups=info.groups)
+        if info.is_depthwise:
+            kind = "dwconv"
+        elif info.groups > 1:
+            kind = "groupconv"
+        elif (kh, kw) == (1, 1):
+            kind = "conv1x1"
+        else:
+            kind = "conv"
+        return OpSpec(kind=kind, **base)
+    if node.op == "ConvTranspose":
+        weight = const_value(node.inputs[1])
+        if weight is not None:
+            base.update(kh=int(weight.shape[2]), kw=int(weight.shape[3]))
+        return OpSpec(kind="conv", **base)
+    if node.op in ("Gemm", "MatMul"):
+        return OpSpec(kind="gemm", **base)
+    if node.op in POOLS:
+        kernel = node.attrs.get("kernel_shape", [1, 1])
+        strides = node.attrs.get("strides", [1, 1])
+        base.update(kh=int(kernel[0]), kw=int(kernel[-1]), stride=int(strides[0]))
+        return OpSpec(kind="pool", **base)
+    if node.op in GLOBAL_POOLS:
+        return OpSpec(kind="gap", **base)
+    if node.op in ("Resize", "Upsample"):
+        return OpSpec(kind="resize", **base)
+    if node.op == "Concat":
+        return OpSpec(kind="concat", **base)
+    if node.op in UNARY or node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum",
+                                       "BatchNormalization", "Softmax", "Transpose", "PRelu",
+                                       "Sqrt", "Pad", "Tile", "Expand", "Split", "Where"):
+        return OpSpec(kind="elementwise", **base)
+    return OpSpec(kind="elementwise", **base)

@@ -1,0 +1,40 @@
+"""One entry point for an op's latency on any profile.
+
+``op_latency_s(spec, profile)`` is `analytic.estimate_op(...).latency_s` on an "analytic"
+profile, and ``RegressionEstimator.predict_ms(spec) / 1000`` on a "measured" one, the
+estimator being fitted once per (measurements file, its mtime, parallelism) and kept.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from rewriter.cost.analytic import estimate_op
+from rewriter.cost.opspec import OpSpec
+from rewriter.cost.profile import HardwareProfile
+
+
+@lru_cache(maxsize=8)
+def _fitted(measurements: Path, mtime_ns: int, parallelism: int):
+    from rewriter.cost.measure import read_csv
+    from rewriter.cost.regression import RegressionEstimator
+
+    return RegressionEstimator(parallelism=parallelism).fit(read_csv(measurements))
+
+
+def regression_for(profile: HardwareProfile):
+    """The (cached) `RegressionEstimator` of a measured profile."""
+    from rewriter.cost.regression import RegressionEstimator
+
+    if profile.kind != "measured" or profile.measurements is None:
+        return RegressionEstimator.from_profile(profile)  # raises ProfileError
+    path = profile.measurements.resolve()
+    return _fitted(path, path.stat().st_mtime_ns, profile.parallelism_in)
+
+
+def op_latency_s(spec: OpSpec, profile: HardwareProfile) -> float:
+    """Estimated latency of one op (kernel) in seconds on `profile`."""
+    if profile.kind == "analytic":
+        return estimate_op(spec, profile).latency_s
+    return regression_for(profile).predict_ms(spec) / 1e3

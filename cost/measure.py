@@ -1,0 +1,399 @@
+"""Measure single ops in onnxruntime and store the timings as CSV.
+
+`one_op_model` builds a one-kernel ONNX model (opset 13, float32, fixed shapes, seeded
+random weights): the op, plus its fused activation when ``act`` is set. Conv kinds use
+explicit pads giving exactly ``h_out x w_out``; "pool" is a MaxPool; "elementwise" is Add
+(2 inputs), Sum (more), or the activation alone (1 input; Relu when ``act`` is empty);
+"resize" is a nearest Resize to the output size; "concat" joins ``n_inputs`` inputs, the
+first with ``cin`` channels and the rest sharing ``cout - cin`` equally.
+
+`measure_specs` times each model on the CPUExecutionProvider (``intra_op_num_threads`` =
+threads, ``inter_op_num_threads`` = 1, default graph optimisation): `warmup` runs, then
+the median of `repeats` runs, in milliseconds.
+
+CSV columns, in this order (`write_csv`)::
+
+    kind, n, cin, cout, h_in, w_in, h_out, w_out, kh, kw, stride, groups, act, n_inputs,
+    dtype_bytes                       the OpSpec fields
+    latency_ms                        median latency of one run, ms (> 0)
+    device, threads, repeats          metadata: where and how it was measured
+
+``python -m rewriter.cost.measure -n 3000 --seed 0 -o FILE.csv`` samples, times and writes
+a measurement set (the bundled cost/data/cpu-ort.csv was made this way).
+
+`read_csv` needs only kind, n, cin, cout, h_in, w_in, h_out, w_out, kh, kw, stride, groups
+and latency_ms (a CSV measured elsewhere); the other columns default to act "",
+n_inputs 1, dtype_bytes 4, device "", threads 0, repeats 0, and unknown columns are
+ignored. A malformed file raises `MeasurementError` naming the file, the row (counted as
+lines, the header being row 1) and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import platform
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from tqdm import tqdm
+
+from rewriter.cost.opspec import CONV_KINDS, INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec
+
+OPSET = 13
+META_COLUMNS = ("latency_ms", "device", "threads", "repeats")
+COLUMNS = (*SPEC_FIELDS, *META_COLUMNS)
+REQUIRED_COLUMNS = (*SPEC_FIELDS[:12], "latency_ms")
+_DEFAULTS = {"act": "", "n_inputs": "1", "dtype_bytes": "4", "device": "", "threads": "0",
+             "repeats": "0"}
+
+
+class MeasurementError(ValueError):
+    """A measurement file or spec cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    spec: OpSpec
+    latency_ms: float
+    device: str = ""
+    threads: int = 0
+    repeats: int = 0
+
+
+# ----------------------------------------------------------------------------- models
+
+class _Builder:
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def weight(self, name: str, shape: tuple[int, ...], fan_in: int) -> str:
+        scale = 1.0 / math.sqrt(max(1, fan_in))
+        return self.const(name, (self.rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+
+def _activation(b: _Builder, act: str, x: str) -> str:
+    if act == "relu":
+        return b.node("Relu", [x], "act")
+    if act == "relu6":
+        lo = b.const("act_lo", np.array(0.0, np.float32))
+        hi = b.const("act_hi", np.array(6.0, np.float32))
+        return b.node("Clip", [x, lo, hi], "act")
+    if act in ("sigmoid", "tanh"):
+        return b.node(act.capitalize(), [x], "act")
+    if act == "hardswish":  # HardSwish is opset 14: x * HardSigmoid(x, 1/6, 1/2)
+        gate = b.node("HardSigmoid", [x], "act_gate", alpha=1.0 / 6.0, beta=0.5)
+        return b.node("Mul", [x, gate], "act")
+    if act == "silu":
+        return b.node("Mul", [x, b.node("Sigmoid", [x], "act_gate")], "act")
+    raise MeasurementError(f"activation {act!r} cannot be built "
+                           "(relu, relu6, hardswish, sigmoid, silu, tanh)")
+
+
+def _pads(size_in: int, size_out: int, kernel: int, stride: int) -> tuple[int, int]:
+    total = max(0, (size_out - 1) * stride + kernel - size_in)
+    if (size_in + total - kernel) // stride + 1 != size_out:
+        raise MeasurementError(f"no padding gives {size_in} -> {size_out} with kernel "
+                               f"{kernel}, stride {stride}")
+    return total // 2, total - total // 2
+
+
+def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
+    """A model computing only `spec` (and its fused activation), with random weights."""
+    b = _Builder(seed)
+    shape = [spec.n, spec.cin, spec.h_in, spec.w_in]
+    inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
+    act = spec.act
+    k = spec.kind
+    if k in CONV_KINDS:
+        (top, bottom), (left, right) = (_pads(spec.h_in, spec.h_out, spec.kh, spec.stride),
+                                        _pads(spec.w_in, spec.w_out, spec.kw, spec.stride))
+        cin_g = spec.cin // spec.groups
+        w = b.weight("W", (spec.cout, cin_g, spec.kh, spec.kw), cin_g * spec.kh * spec.kw)
+        bias = b.weight("B", (spec.cout,), 1)
+        y = b.node("Conv", ["x0", w, bias], "op", kernel_shape=[spec.kh, spec.kw],
+                   strides=[spec.stride, spec.stride], pads=[top, left, bottom, right],
+                   group=spec.groups)
+    elif k == "gemm":
+        if spec.h_in * spec.w_in * spec.h_out * spec.w_out != 1:
+            raise MeasurementError("gemm specs must have h_in = w_in = h_out = w_out = 1")
+        inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [spec.n, spec.cin])]
+        w = b.weight("W", (spec.cout, spec.cin), spec.cin)
+        y = b.node("Gemm", ["x0", w, b.weight("B", (spec.cout,), 1)], "op", transB=1)
+    elif k == "pool":
+        (top, bottom), (left, right) = (_pads(spec.h_in, spec.h_out, spec.kh, spec.stride),
+                                        _pads(spec.w_in, spec.w_out, spec.kw, spec.stride))
+        y = b.node("MaxPool", ["x0"], "op", kernel_shape=[spec.kh, spec.kw],
+                   strides=[spec.stride, spec.stride], pads=[top, left, bottom, right])
+    elif k == "gap":
+        y = b.node("GlobalAveragePool", ["x0"], "op")
+    elif k == "resize":
+        sizes = b.const("sizes", np.array([spec.n, spec.cout, spec.h_out, spec.w_out], np.int64))
+        y = b.node("Resize", ["x0", "", "", sizes], "op", mode="nearest")
+    elif k == "elementwise":
+        names = [f"x{i}" for i in range(spec.n_inputs)]
+        inputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, shape) for nm in names]
+        if spec.n_inputs == 1:
+            y, act = _activation(b, act or "relu", "x0"), ""
+        else:
+            y = b.node("Add" if spec.n_inputs == 2 else "Sum", names, "op")
+    else:  # concat
+        rest = spec.cout - spec.cin
+        if spec.n_inputs < 2 or rest <= 0 or rest % (spec.n_inputs - 1):
+            raise MeasurementError(f"concat: cout - cin = {rest} cannot be split over "
+                                   f"{spec.n_inputs - 1} more inputs")
+        chans = [spec.cin] + [rest // (spec.n_inputs - 1)] * (spec.n_inputs - 1)
+        inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT,
+                                                [spec.n, c, spec.h_in, spec.w_in])
+                  for i, c in enumerate(chans)]
+        y = b.node("Concat", [v.name for v in inputs], "op", axis=1)
+    if act:
+        y = _activation(b, act, y)
+    out_shape = [spec.n, spec.cout] + ([] if k == "gemm" else [spec.h_out, spec.w_out])
+    out = helper.make_tensor_value_info(y, TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(b.nodes, f"one_{k}", inputs, [out], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="rewriter.cost.measure")
+    model.ir_version = 8
+    return model
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def _channels(rng: np.random.Generator, p: int, lo: int = 8, hi: int = 512) -> int:
+    """Channel counts: multiples of P, P +- 1, and arbitrary values in [lo, hi]."""
+    r = rng.random()
+    if r < 0.4:
+        c = int(rng.integers(1, hi // p + 1)) * p
+    elif r < 0.6:
+        c = int(rng.integers(1, hi // p + 1)) * p + int(rng.choice([-1, 1]))
+    else:
+        c = int(rng.integers(lo, hi + 1))
+    return min(hi, max(lo, c))
+
+
+_KIND_WEIGHTS = {"conv": 0.22, "conv1x1": 0.2, "dwconv": 0.2, "groupconv": 0.08, "gemm": 0.05,
+                 "pool": 0.06, "gap": 0.04, "elementwise": 0.09, "resize": 0.03, "concat": 0.03}
+_ACTS = ("", "", "relu", "relu6", "hardswish", "sigmoid", "silu")
+MAX_MACS = 250_000_000
+MAX_ELEMENTS = 3_300_000
+
+
+def _sample_one(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
+    common = rng.random() < 0.7
+    size = int(rng.choice([7, 14, 28, 56, 112])) if common else int(rng.integers(7, 113))
+    stride = int(rng.choice([1, 2], p=[0.75, 0.25]))
+    act = str(rng.choice(_ACTS))
+    cin, cout = _channels(rng, p), _channels(rng, p)
+    if kind in CONV_KINDS:
+        kernel = 1 if kind == "conv1x1" else int(rng.choice([3, 5], p=[0.8, 0.2]))
+        groups = 1
+        if kind == "dwconv":
+            groups, cout = cin, cin * int(rng.choice([1, 1, 1, 2]))
+        elif kind == "groupconv":
+            groups = int(rng.choice([2, 4, 8]))
+            cin, cout = (max(2, c // groups) * groups for c in (cin, cout))
+        return OpSpec.conv2d(cin, cout, size, kernel, stride, groups, act)
+    if kind == "gemm":
+        return OpSpec("gemm", cin=_channels(rng, p, 16, 2048), cout=_channels(rng, p, 16, 2048),
+                      act=act)
+    if kind == "pool":
+        kernel = int(rng.choice([2, 3]))  # 2x2 stride 2 unpadded, or 3x3 padded by 1
+        stride, pad = (2, 0) if kernel == 2 else (stride, 1)
+        out = (size + 2 * pad - kernel) // stride + 1
+        return OpSpec("pool", cin=cin, cout=cin, h_in=size, w_in=size, h_out=out, w_out=out,
+                      kh=kernel, kw=kernel, stride=stride)
+    if kind == "gap":
+        return OpSpec("gap", cin=cin, cout=cin, h_in=size, w_in=size)
+    if kind == "resize":  # nearest upsampling x2 / x4, or downsampling /2
+        scale = float(rng.choice([2, 2, 4, 0.5]))
+        size = min(size, 56) // 2 * 2  # even, so /2 is exact
+        out = int(size * scale)
+        return OpSpec("resize", cin=cin, cout=cin, h_in=size, w_in=size, h_out=out, w_out=out)
+    n_inputs = int(rng.choice([2, 2, 3]))
+    if kind == "concat":
+        part = max(1, cin // n_inputs)
+        return OpSpec("concat", cin=part, cout=part * n_inputs, h_in=size, w_in=size,
+                      h_out=size, w_out=size, n_inputs=n_inputs)
+    if rng.random() < 0.3:  # a standalone activation ('' is built as a Relu)
+        return OpSpec("elementwise", cin=cin, cout=cin, h_in=size, w_in=size, h_out=size,
+                      w_out=size, act=str(rng.choice(_ACTS[1:])))
+    return OpSpec("elementwise", cin=cin, cout=cin, h_in=size, w_in=size, h_out=size,
+                  w_out=size, n_inputs=n_inputs, act=act if rng.random() < 0.3 else "")
+
+
+def _modest(spec: OpSpec) -> bool:
+    return (spec.macs <= MAX_MACS and spec.input_elements <= MAX_ELEMENTS
+            and spec.output_elements <= MAX_ELEMENTS)
+
+
+def sample_specs(n: int, seed: int, parallelism: int = 32) -> list[OpSpec]:
+    """`n` random specs over the op space, each at most MAX_MACS MACs and MAX_ELEMENTS
+    elements per tensor (a few ms on one CPU core); deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    weights = np.array(list(_KIND_WEIGHTS.values()))
+    specs: list[OpSpec] = []
+    for kind in rng.choice(list(_KIND_WEIGHTS), size=n, p=weights / weights.sum()):
+        spec = _sample_one(rng, parallelism, str(kind))
+        while not _modest(spec):  # redraw the shape, keeping the kind mix
+            spec = _sample_one(rng, parallelism, str(kind))
+        specs.append(spec)
+    return specs
+
+
+# ----------------------------------------------------------------------------- timing
+
+def device_name() -> str:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} / onnxruntime {ort.__version__} CPU"
+
+
+def _inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds = {}
+    for value in model.graph.input:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
+               threads: int = 1) -> float:
+    """Median wall time of one run of `model` on onnxruntime's CPU provider, in ms."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feeds = _inputs(model, np.random.default_rng(0))
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def measure_specs(specs: Iterable[OpSpec], *, repeats: int = 20, warmup: int = 3,
+                  threads: int = 1, progress: bool = True) -> list[Measurement]:
+    """Time every spec as a one-op model; see the module docstring."""
+    specs = list(specs)
+    device = device_name()
+    rows = []
+    for spec in tqdm(specs, desc="measuring ops", unit="op", disable=not progress):
+        ms = time_model(one_op_model(spec), repeats=repeats, warmup=warmup, threads=threads)
+        rows.append(Measurement(spec, ms, device, threads, repeats))
+    return rows
+
+
+# ----------------------------------------------------------------------------- CSV
+
+def write_csv(path: str | Path, rows: Iterable[Measurement]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([*row.spec.signature(), f"{row.latency_ms:.6g}", row.device,
+                             row.threads, row.repeats])
+
+
+def _parse_row(path: Path, line: int, record: dict[str, str]) -> Measurement:
+    values: dict[str, object] = {}
+    for column in COLUMNS:
+        text = (record.get(column) or "").strip() or _DEFAULTS.get(column, "")
+        where = f"{path}, row {line}: column {column!r}"
+        if column == "kind" and text not in KINDS:
+            raise MeasurementError(f"{where}: unknown op kind {text!r}")
+        if column in INT_FIELDS or column in ("threads", "repeats"):
+            try:
+                values[column] = int(text)
+            except ValueError:
+                raise MeasurementError(f"{where}: expected an integer, got {text!r}") from None
+        elif column == "latency_ms":
+            try:
+                values[column] = float(text)
+            except ValueError:
+                raise MeasurementError(f"{where}: expected a number, got {text!r}") from None
+            if not math.isfinite(values[column]) or values[column] <= 0:
+                raise MeasurementError(f"{where}: latency must be a positive number, got {text!r}")
+        else:
+            values[column] = text
+    try:
+        spec = OpSpec(**{f: values[f] for f in SPEC_FIELDS})
+    except ValueError as exc:
+        raise MeasurementError(f"{path}, row {line}: {exc}") from None
+    return Measurement(spec, values["latency_ms"], values["device"], values["threads"],
+                       values["repeats"])
+
+
+def read_csv(path: str | Path) -> list[Measurement]:
+    """Measurements from a CSV (ours, or one measured elsewhere); see the module docstring."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise MeasurementError(f"{path}, row 1: missing column {missing[0]!r} "
+                                       f"(required: {', '.join(REQUIRED_COLUMNS)})")
+            rows = []
+            for record in reader:
+                if None in record:
+                    raise MeasurementError(f"{path}, row {reader.line_num}: more fields than "
+                                           "the header has columns")
+                rows.append(_parse_row(path, reader.line_num, record))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MeasurementError(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
+    if not rows:
+        raise MeasurementError(f"{path}: no measurements (only a header, or empty)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rewriter.cost.measure -n 2000 -o my-cpu.csv``: sample, time, write CSV."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Time sampled single ops in onnxruntime.")
+    parser.add_argument("-n", type=int, default=2000, help="number of sampled ops")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parallelism", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("-o", "--output", required=True)
+    args = parser.parse_args(argv)
+    specs = sample_specs(args.n, args.seed, args.parallelism)
+    write_csv(args.output, measure_specs(specs, repeats=args.repeats, threads=args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Hardware profiles: TOML files describing an accelerator, and their strict loader.
+
+A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32``,
+``npu-p16``, ``cpu-ort``) or read from a path. Schema (every key required unless marked)::
+
+    name, description, kind        strings; kind is "analytic" or "measured"
+    parallelism_in, parallelism_out   int > 0   input / output channel lanes of the MAC array
+    macs_per_cycle                 int > 0   peak MACs per cycle (= in * out for "analytic")
+    clock_hz                       number > 0
+    onchip_memory_bytes            int > 0
+    bandwidth_bytes_per_s          number > 0   off-chip memory bandwidth
+    overhead_s                     number > 0   fixed cost of launching one op
+    bytes_per_element              int > 0   element size of tensors on the device
+    [ops.<kind>]                   "analytic": one table per OpSpec kind, optional otherwise
+        conv, conv1x1, groupconv, gemm:  efficiency (0, 1]   fraction of peak reached
+        dwconv:                          depthwise_efficiency (0, 1]
+        elementwise, pool, gap, resize, concat:  lanes int > 0, efficiency (0, 1]
+    [activations]                  "analytic": name = vector ops per output element of a
+                                   fused activation (>= 0), with a required "default"
+    measurements                   "measured" only: CSV path, relative to the profile's folder
+                                   or to cost/data/
+    estimator                      "measured" only: "regression"
+
+Every problem raises `ProfileError` with one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rewriter.cost.opspec import KINDS, MAC_KINDS
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+DATA_DIR = Path(__file__).parent / "data"
+ESTIMATORS = ("regression",)
+
+# key -> (type, rule); rule "pos" (> 0), "frac" (0 < x <= 1), "nonneg" (>= 0), "" none.
+_COMMON: dict[str, tuple[type, str]] = {
+    "name": (str, ""), "description": (str, ""), "kind": (str, ""),
+    "parallelism_in": (int, "pos"), "parallelism_out": (int, "pos"),
+    "macs_per_cycle": (int, "pos"), "clock_hz": (float, "pos"),
+    "onchip_memory_bytes": (int, "pos"), "bandwidth_bytes_per_s": (float, "pos"),
+    "overhead_s": (float, "pos"), "bytes_per_element": (int, "pos"),
+}
+_MEASURED: dict[str, tuple[type, str]] = {"measurements": (str, ""), "estimator": (str, "")}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_MAC_OP = {"efficiency": (float, "frac")}
+_VECTOR_OP = {"lanes": (int, "pos"), "efficiency": (float, "frac")}
+_OP_KEYS: dict[str, dict[str, tuple[type, str]]] = {
+    kind: (_MAC_OP if kind in MAC_KINDS else _VECTOR_OP) for kind in KINDS
+}
+_OP_KEYS["dwconv"] = {"depthwise_efficiency": (float, "frac")}
+
+
+class ProfileError(ValueError):
+    """A profile cannot be found or is invalid; the message is one line."""
+
+
+@dataclass(frozen=True)
+class OpParams:
+    """Per-kind parameters from ``[ops.<kind>]`` (unused ones keep their defaults)."""
+
+    efficiency: float = 1.0
+    depthwise_efficiency: float = 1.0
+    lanes: int = 1
+
+
+@dataclass
+class HardwareProfile:
+    name: str
+    description: str
+    kind: str
+    parallelism_in: int
+    parallelism_out: int
+    macs_per_cycle: int
+    clock_hz: float
+    onchip_memory_bytes: int
+    bandwidth_bytes_per_s: float
+    overhead_s: float
+    bytes_per_element: int
+    ops: dict[str, OpParams] = field(default_factory=dict)
+    activations: dict[str, float] = field(default_factory=dict)
+    measurements: Path | None = None
+    estimator: str | None = None
+    source: Path | None = None
+
+    def op(self, kind: str) -> OpParams:
+        if kind not in self.ops:
+            raise ProfileError(f"{self.source}: ops.{kind}: no parameters for this op kind")
+        return self.ops[kind]
+
+    def activation_cost(self, act: str) -> float:
+        """Vector ops per output element of a fused activation ('' costs nothing)."""
+        if not act:
+            return 0.0
+        return self.activations.get(act, self.activations.get("default", 0.0))
+
+
+def builtin_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    builtin = PROFILE_DIR / f"{text}.toml"
+    if "/" not in text and "\\" not in text and builtin.is_file():
+        return builtin
+    path = Path(text)
+    if not path.is_file():
+        known = ", ".join(builtin_profiles())
+        raise ProfileError(f"{text}: no such profile file and not a built-in profile ({known})")
+    return path
+
+
+def _check(path: Path, key: str, value: Any, typ: type, rule: str) -> Any:
+    def fail(problem: str) -> ProfileError:
+        return ProfileError(f"{path}: {key}: {problem}, got {value!r}")
+
+    accepted = (int, float) if typ is float else typ
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        raise fail(f"expected {_TYPE_NAMES[typ]}")
+    if typ is float:
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise fail("expected a finite number")
+    if rule == "pos" and value <= 0:
+        raise fail("must be positive")
+    if rule == "frac" and not 0 < value <= 1:
+        raise fail("must be in (0, 1]")
+    if rule == "nonneg" and value < 0:
+        raise fail("must be >= 0")
+    return value
+
+
+def _table(path: Path, prefix: str, table: Any, schema: dict[str, tuple[type, str]],
+           required: bool = True) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ProfileError(f"{path}: {prefix.rstrip('.')}: expected a table, got {table!r}")
+    for key in table:
+        if key not in schema:
+            raise ProfileError(f"{path}: {prefix}{key}: unknown key "
+                               f"(expected {', '.join(schema)})")
+    out = {}
+    for key, (typ, rule) in schema.items():
+        if key not in table:
+            if required:
+                raise ProfileError(f"{path}: {prefix}{key}: missing key")
+            continue
+        out[key] = _check(path, prefix + key, table[key], typ, rule)
+    return out
+
+
+def _measurements_path(path: Path, rel: str) -> Path:
+    for base in (path.parent, DATA_DIR):
+        candidate = base / rel
+        if candidate.is_file():
+            return candidate
+    raise ProfileError(f"{path}: measurements: file {rel!r} not found next to the profile "
+                       f"or in {DATA_DIR}")
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """Load a built-in profile by name, or a TOML profile from a path; validate strictly."""
+    path = _resolve(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read: {exc}") from None
+    kind = data.get("kind")
+    if kind not in ("analytic", "measured"):
+        raise ProfileError(f"{path}: kind: expected \"analytic\" or \"measured\", got {kind!r}")
+    schema = {**_COMMON, **(_MEASURED if kind == "measured" else {})}
+    tables = {"ops", "activations"}
+    top = _table(path, "", {k: v for k, v in data.items() if k not in tables}, schema)
+    ops_table = data.get("ops", {})
+    if kind == "analytic" and "ops" not in data:
+        raise ProfileError(f"{path}: ops: missing table (one [ops.<kind>] per op kind)")
+    if not isinstance(ops_table, dict):
+        raise ProfileError(f"{path}: ops: expected a table, got {ops_table!r}")
+    ops = {}
+    for op_kind in KINDS:
+        if op_kind in ops_table:
+            ops[op_kind] = OpParams(**_table(path, f"ops.{op_kind}.", ops_table[op_kind],
+                                             _OP_KEYS[op_kind]))
+        elif kind == "analytic":
+            raise ProfileError(f"{path}: ops.{op_kind}: missing table")
+    for op_kind in ops_table:
+        if op_kind not in KINDS:
+            raise ProfileError(f"{path}: ops.{op_kind}: unknown op kind "
+                               f"(expected {', '.join(KINDS)})")
+    acts = data.get("activations", {})
+    if kind == "analytic" and "activations" not in data:
+        raise ProfileError(f"{path}: activations: missing table")
+    act_schema = {name: (float, "nonneg") for name in (acts if isinstance(acts, dict) else {})}
+    activations = _table(path, "activations.", acts, act_schema)
+    if kind == "analytic" and "default" not in activations:
+        raise ProfileError(f"{path}: activations.default: missing key")
+    lanes = top["parallelism_in"] * top["parallelism_out"]
+    if kind == "analytic" and top["macs_per_cycle"] != lanes:
+        raise ProfileError(f"{path}: macs_per_cycle: must equal parallelism_in * "
+                           f"parallelism_out for an analytic profile, got {top['macs_per_cycle']}")
+    measurements = None
+    if kind == "measured":
+        if top["estimator"] not in ESTIMATORS:
+            raise ProfileError(f"{path}: estimator: expected one of {', '.join(ESTIMATORS)}, "
+                               f"got {top['estimator']!r}")
+        measurements = _measurements_path(path, top.pop("measurements"))
+    return HardwareProfile(**top, ops=ops, activations=activations,
+                           measurements=measurements, source=path)

@@ -1,0 +1,142 @@
+"""Measurement harness: one-op models, sampling, timing a few tiny ops, CSV in and out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import shape_inference
+
+from rewriter.cost.measure import (
+    COLUMNS, MAX_MACS, Measurement, MeasurementError, measure_specs, one_op_model, read_csv,
+    sample_specs, write_csv,
+)
+from rewriter.cost.opspec import KINDS, OpSpec
+
+conv = OpSpec.conv2d
+
+
+def _out_shape(model: onnx.ModelProto) -> list[int]:
+    inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    return [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+
+
+def test_sample_specs_space():
+    specs = sample_specs(300, seed=3)
+    assert specs == sample_specs(300, seed=3)
+    assert specs != sample_specs(300, seed=4)
+    assert set(Counter(s.kind for s in specs)) == set(KINDS)
+    channels = [s.cin for s in specs if s.kind in ("conv", "conv1x1")]
+    assert any(c % 32 == 0 for c in channels) and any(c % 32 for c in channels)
+    assert min(channels) >= 8 and max(channels) <= 512
+    assert {s.stride for s in specs} == {1, 2}
+    assert {s.kh for s in specs if s.kind == "conv"} == {3, 5}
+    assert any(s.act for s in specs) and any(not s.act for s in specs)
+    assert all(s.macs <= MAX_MACS for s in specs)
+    assert any(s.kind == "dwconv" and s.cout == 2 * s.cin for s in specs)
+
+
+def test_one_op_models_are_valid_and_shaped():
+    specs = sample_specs(60, seed=5) + [
+        conv(16, 96, 15, 3, stride=2, act="hardswish"), conv(8, 8, 9, 5, groups=8, act="silu"),
+        OpSpec("gemm", cin=64, cout=10, act="sigmoid"),
+        OpSpec("elementwise", cin=8, cout=8, h_in=5, w_in=5, h_out=5, w_out=5, act="relu6"),
+    ]
+    for spec in specs:
+        model = one_op_model(spec)
+        onnx.checker.check_model(model, full_check=True)
+        assert model.opset_import[0].version == 13
+        expected = [spec.n, spec.cout] + ([] if spec.kind == "gemm" else [spec.h_out, spec.w_out])
+        assert _out_shape(model) == expected, spec
+    ops = [n.op_type for n in one_op_model(conv(16, 32, 8, 3, act="relu6")).graph.node]
+    assert ops == ["Conv", "Clip"]
+
+
+def test_one_op_model_computes_the_op():
+    spec = conv(4, 6, 7, 3, stride=2, act="relu")
+    model = one_op_model(spec)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 4, 7, 7)).astype(np.float32)
+    (y,) = session.run(None, {"x0": x})
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    b = onnx.numpy_helper.to_array(model.graph.initializer[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((1, 6, 4, 4))
+    for i in range(4):
+        for j in range(4):
+            patch = xp[0, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+            ref[0, :, i, j] = np.einsum("chw,ochw->o", patch, w) + b
+    np.testing.assert_allclose(y, np.maximum(ref, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_unbuildable_specs():
+    with pytest.raises(MeasurementError, match="activation 'gelu'"):
+        one_op_model(conv(8, 8, 8, 3, act="gelu"))
+    with pytest.raises(MeasurementError, match="no padding"):
+        one_op_model(OpSpec("conv", cin=8, cout=8, h_in=8, w_in=8, h_out=2, w_out=2, kh=3,
+                            kw=3, stride=2))
+
+
+def test_measure_tiny_ops_and_csv_round_trip(tmp_path: Path):
+    specs = [
+        conv(8, 16, 8, 3, act="relu"), conv(8, 8, 8, 3, groups=8), OpSpec("gemm", cin=32, cout=8),
+        OpSpec("gap", cin=8, cout=8, h_in=8, w_in=8),
+        OpSpec("elementwise", cin=8, cout=8, h_in=8, w_in=8, h_out=8, w_out=8, n_inputs=2),
+    ]
+    rows = measure_specs(specs, repeats=3, warmup=1, threads=1, progress=False)
+    assert [r.spec for r in rows] == specs
+    assert all(0 < r.latency_ms < 1000 for r in rows)
+    assert all(r.threads == 1 and r.repeats == 3 and r.device for r in rows)
+    path = tmp_path / "m.csv"
+    write_csv(path, rows)
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    back = read_csv(path)
+    assert [r.spec for r in back] == specs
+    assert [r.latency_ms for r in back] == pytest.approx([r.latency_ms for r in rows], rel=1e-5)
+    assert back[0].device == rows[0].device and back[0].threads == 1
+
+
+def test_foreign_csv_minimal_columns_any_order(tmp_path: Path):
+    path = tmp_path / "npu.csv"
+    path.write_text(
+        "latency_ms,vendor_note,kind,n,cin,cout,h_in,w_in,h_out,w_out,kh,kw,stride,groups\n"
+        "0.25,fast,conv,1,16,32,56,56,56,56,3,3,1,1\n"
+        "0.5,,dwconv,1,32,32,56,56,28,28,3,3,2,32\n")
+    rows = read_csv(path)
+    assert rows[0] == Measurement(conv(16, 32, 56, 3), 0.25)
+    assert rows[1].spec.kind == "dwconv" and rows[1].spec.act == "" and rows[1].threads == 0
+
+
+HEADER = "kind,n,cin,cout,h_in,w_in,h_out,w_out,kh,kw,stride,groups,latency_ms\n"
+GOOD = "conv,1,16,32,56,56,56,56,3,3,1,1,0.25\n"
+MALFORMED = [
+    ("kind,n,cin\n", "row 1: missing column 'cout'"),
+    (HEADER + GOOD + "conv,1,sixteen,32,56,56,56,56,3,3,1,1,0.25\n",
+     "row 3: column 'cin': expected an integer"),
+    (HEADER + GOOD + "conv,1,16,32,56,56,56,56,3,3,1,1,-1\n", "row 3: column 'latency_ms'"),
+    (HEADER + GOOD + "conv,1,16,32,56,56,56,56,3,3,1,1,nan\n", "row 3: column 'latency_ms'"),
+    (HEADER + "lstm,1,16,32,56,56,56,56,3,3,1,1,0.25\n", "row 2: column 'kind'"),
+    (HEADER + "groupconv,1,16,30,56,56,56,56,3,3,1,4,0.25\n", "row 2: .*groups"),
+    (HEADER + "conv,1,16,32,56,56,56,56,3,3,1,1,0.25,extra\n", "row 2: more fields"),
+    (HEADER + "conv,1,16\n", "row 2: column 'cout'"),
+    (HEADER, "no measurements"),
+    ("", "missing column 'kind'"),
+]
+
+
+@pytest.mark.parametrize("text,message", MALFORMED)
+def test_malformed_csv(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(MeasurementError, match=message) as info:
+        read_csv(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_csv(tmp_path: Path):
+    with pytest.raises(MeasurementError, match="cannot read"):
+        read_csv(tmp_path / "absent.csv")
