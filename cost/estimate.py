@@ -84,7 +84,9 @@ class Target:
         hit = self._cache.get(key)
         if hit is None:
             if self._regressor is not None:
-                hit = (float(self._regressor.predict_ms(spec)), None)
+                # Measured kernel time plus the dispatch cost each kernel pays in a model.
+                hit = (float(self._regressor.predict_ms(spec)) + self.profile.overhead_s * 1e3,
+                       None)
             else:
                 from rewriter.cost.analytic import estimate_op
 

@@ -44,6 +44,20 @@ def _dims(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return 1, prod(shape) if shape else 1, 1, 1
 
 
+# Activations the measurement harness and the profiles know; others map to the nearest.
+KNOWN_ACTS = ("relu", "relu6", "hardswish", "sigmoid", "silu", "tanh")
+_ACT_ALIASES = {"hardsigmoid": "sigmoid", "clip": "relu6", "leakyrelu": "relu", "elu": "relu",
+                "prelu": "relu", "affine": "relu"}
+
+
+def normalise_act(name: str) -> str:
+    """'hardswish+affine' -> 'hardswish'; 'hardsigmoid' -> 'sigmoid'; unknown -> 'relu'."""
+    base = name.split("+")[0]
+    if base in KNOWN_ACTS:
+        return base
+    return _ACT_ALIASES.get(base, "relu") if base else ""
+
+
 def _absorb(model: Model, tensor: gs.Tensor, used: set[str]) -> tuple[list[gs.Node], str]:
     """The BN and activation fused after a producing op."""
     nodes: list[gs.Node] = []
@@ -69,7 +83,7 @@ def decompose(model: Model) -> list[Kernel]:
         if spec is not None and spec.kind in ("conv", "conv1x1", "dwconv", "groupconv", "gemm"):
             extra, act = _absorb(model, node.outputs[0], used)
             if act:
-                spec = OpSpec(**{**spec.__dict__, "act": act})
+                spec = OpSpec(**{**spec.__dict__, "act": normalise_act(act)})
         if spec is None:
             continue
         members = (node.name, *(n.name for n in extra))

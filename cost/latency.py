@@ -17,9 +17,12 @@ from rewriter.cost.profile import HardwareProfile
 
 @lru_cache(maxsize=8)
 def _fitted(measurements: Path, mtime_ns: int, parallelism: int):
+    """A CSV of measurements is fitted; a JSON saved by `rewriter cost fit` is loaded."""
     from rewriter.cost.measure import read_csv
     from rewriter.cost.regression import RegressionEstimator
 
+    if measurements.suffix == ".json":
+        return RegressionEstimator.load(measurements)
     return RegressionEstimator(parallelism=parallelism).fit(read_csv(measurements))
 
 

@@ -8,8 +8,14 @@ explicit pads giving exactly ``h_out x w_out``; "pool" is a MaxPool; "elementwis
 first with ``cin`` channels and the rest sharing ``cout - cin`` equally.
 
 `measure_specs` times each model on the CPUExecutionProvider (``intra_op_num_threads`` =
-threads, ``inter_op_num_threads`` = 1, default graph optimisation): `warmup` runs, then
-the median of `repeats` runs, in milliseconds.
+threads, 0 meaning onnxruntime's default, ``inter_op_num_threads`` = 1, default graph
+optimisation): `warmup` runs, then the median of `repeats` runs, in milliseconds, of the
+op's own kernel time as onnxruntime's profiler reports it. Wall time of a one-op model
+would be wrong for estimating whole models: onnxruntime runs a whole CNN in its blocked
+NCHWc layout, converting once at the input and once at the output, but a one-op model pays
+both conversions (ReorderInput/ReorderOutput) around its single op, which inflated sums
+over a model's kernels by 1.4-1.7x. The profiler's per-node times exclude those reorders;
+the per-kernel dispatch cost that a whole model does pay is the profile's `overhead_s`.
 
 CSV columns, in this order (`write_csv`)::
 
@@ -18,8 +24,8 @@ CSV columns, in this order (`write_csv`)::
     latency_ms                        median latency of one run, ms (> 0)
     device, threads, repeats          metadata: where and how it was measured
 
-``python -m rewriter.cost.measure -n 3000 --seed 0 -o FILE.csv`` samples, times and writes
-a measurement set (the bundled cost/data/cpu-ort.csv was made this way).
+``rewriter cost measure -n 3000 --seed 0 --threads 1 -o FILE.csv`` samples, times and
+writes a measurement set (the bundled cost/data/cpu-ort.csv was made this way).
 
 `read_csv` needs only kind, n, cin, cout, h_in, w_in, h_out, w_out, kh, kw, stride, groups
 and latency_ms (a CSV measured elsewhere); the other columns default to act "",
@@ -30,10 +36,13 @@ lines, the header being row 1) and the column.
 
 from __future__ import annotations
 
+import bisect
 import csv
+import json
 import math
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -281,18 +290,54 @@ def _inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.nd
     return feeds
 
 
-def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
-               threads: int = 1) -> float:
-    """Median wall time of one run of `model` on onnxruntime's CPU provider, in ms."""
+def _session(model: onnx.ModelProto, threads: int, profile: bool):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    if threads:
+        options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "rewriter-measure")
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+_LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
+
+
+def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
+               threads: int = 1) -> float:
+    """Median per-run kernel time of `model`'s ops (layout reorders excluded), in ms."""
+    session = _session(model, threads, profile=True)
     feeds = _inputs(model, np.random.default_rng(0))
+    for _ in range(warmup + repeats):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session"
+                  and e.get("name") == "model_run")
+    per_run = [0.0] * len(runs)
+    for e in events:
+        if (e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                and e.get("args", {}).get("op_name") not in _LAYOUT_OPS):
+            index = bisect.bisect_right(runs, e["ts"]) - 1
+            if index >= 0:
+                per_run[index] += e["dur"] / 1e3
+    timed = per_run[warmup:] or per_run
+    return statistics.median(timed)
+
+
+def wall_time(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, *,
+              repeats: int = 20, warmup: int = 3, threads: int = 1) -> float:
+    """Median wall time of one run of a whole model, in ms (what a user sees)."""
+    session = _session(model, threads, profile=False)
+    feeds = feeds if feeds is not None else _inputs(model, np.random.default_rng(0))
     for _ in range(warmup):
         session.run(None, feeds)
     times = []
@@ -377,23 +422,3 @@ def read_csv(path: str | Path) -> list[Measurement]:
     if not rows:
         raise MeasurementError(f"{path}: no measurements (only a header, or empty)")
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m rewriter.cost.measure -n 2000 -o my-cpu.csv``: sample, time, write CSV."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Time sampled single ops in onnxruntime.")
-    parser.add_argument("-n", type=int, default=2000, help="number of sampled ops")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parallelism", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("-o", "--output", required=True)
-    args = parser.parse_args(argv)
-    specs = sample_specs(args.n, args.seed, args.parallelism)
-    write_csv(args.output, measure_specs(specs, repeats=args.repeats, threads=args.threads))
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
     clock_hz                       number > 0
     onchip_memory_bytes            int > 0
     bandwidth_bytes_per_s          number > 0   off-chip memory bandwidth
-    overhead_s                     number > 0   fixed cost of launching one op
+    overhead_s                     number >= 0  fixed cost of launching one op
     bytes_per_element              int > 0   element size of tensors on the device
     [ops.<kind>]                   "analytic": one table per OpSpec kind, optional otherwise
         conv, conv1x1, groupconv, gemm:  efficiency (0, 1]   fraction of peak reached
@@ -43,7 +43,7 @@ _COMMON: dict[str, tuple[type, str]] = {
     "parallelism_in": (int, "pos"), "parallelism_out": (int, "pos"),
     "macs_per_cycle": (int, "pos"), "clock_hz": (float, "pos"),
     "onchip_memory_bytes": (int, "pos"), "bandwidth_bytes_per_s": (float, "pos"),
-    "overhead_s": (float, "pos"), "bytes_per_element": (int, "pos"),
+    "overhead_s": (float, "nonneg"), "bytes_per_element": (int, "pos"),
 }
 _MEASURED: dict[str, tuple[type, str]] = {"measurements": (str, ""), "estimator": (str, "")}
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}

@@ -221,8 +221,12 @@ class RegressionEstimator:
                 "rows": [[*spec.signature(), ms] for spec, ms in self.rows]}
 
     def save(self, path: str | Path) -> None:
-        text = json.dumps(self.to_json(), separators=(",", ":"))
-        Path(path).write_text(text + "\n", encoding="utf-8")
+        """Write atomically (a temporary file beside the target, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n",
+                       encoding="utf-8")
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> RegressionEstimator:

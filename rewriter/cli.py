@@ -77,6 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the N slowest kernels (0: all)")
     p.add_argument("--json", action="store_true")
 
+    cost = sub.add_parser("cost", help="measure ops, fit and validate latency estimators")
+    cost_sub = cost.add_subparsers(dest="cost_command", required=True, parser_class=_Parser)
+    p = cost_sub.add_parser("measure", help="time sampled one-op models in onnxruntime -> CSV")
+    p.add_argument("-n", type=int, default=2000, help="number of sampled ops (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parallelism", type=int, default=32, metavar="P",
+                   help="channel counts are sampled around multiples of P (default 32)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1,
+                   help="onnxruntime intra-op threads, recorded in the CSV (default 1)")
+    p.add_argument("-o", "--output", required=True, metavar="CSV")
+    p = cost_sub.add_parser("fit", help="fit a regression estimator on a measurement CSV")
+    p.add_argument("csv", help="measurements (ours, or your device's; see docs of columns)")
+    p.add_argument("-o", "--output", required=True, metavar="ESTIMATOR.json")
+    p.add_argument("--parallelism", type=int, default=8, metavar="P",
+                   help="P for the channel-tile features (default 8, a CPU's SIMD lanes)")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="share of rows held out to report accuracy (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p = cost_sub.add_parser("validate", help="whole models: measured latency vs estimate")
+    p.add_argument("--target", default="cpu-ort", metavar="NAME|PATH",
+                   help="a measured target on this machine (default cpu-ort)")
+    p.add_argument("--model", action="append", default=[], metavar="PATH[,NAME=SHAPE]",
+                   help="also validate on this model (repeatable)")
+    p.add_argument("--quick", action="store_true", help="8 zoo variants instead of 48")
+    p.add_argument("--no-zoo", action="store_true", help="only the --model models")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("zoo", help="build a model of the project's zoo")
     p.add_argument("name", help="mobilenetv2, mobilenetv3, ssdlite or lraspp")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
@@ -243,6 +273,88 @@ def _target(name_or_path: str):
         raise BadInputError(str(exc)) from None
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    return {"measure": _cost_measure, "fit": _cost_fit, "validate": _cost_validate}[
+        args.cost_command](args)
+
+
+def _cost_measure(args: argparse.Namespace) -> int:
+    from rewriter.cost.measure import measure_specs, sample_specs, write_csv
+
+    if args.n < 1 or args.repeats < 1 or args.threads < 0:
+        raise BadInputError("-n and --repeats must be positive, --threads >= 0")
+    specs = sample_specs(args.n, args.seed, args.parallelism)
+    rows = measure_specs(specs, repeats=args.repeats, threads=args.threads)
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    write_csv(tmp, rows)
+    tmp.replace(out)
+    print(f"wrote {out}: {len(rows)} ops, median of {args.repeats} runs, "
+          f"{args.threads or 'default'} thread(s)")
+    return 0
+
+
+def _cost_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rewriter.cost.measure import read_csv
+    from rewriter.cost.regression import RegressionEstimator
+
+    rows = read_csv(args.csv)
+    if not 0 <= args.holdout < 1:
+        raise BadInputError("--holdout must be in [0, 1)")
+    order = np.random.default_rng(args.seed).permutation(len(rows))
+    cut = int(len(rows) * (1 - args.holdout))
+    train, test = [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
+    if len(train) < 10:
+        raise BadInputError(f"{args.csv}: {len(train)} training rows; at least 10 are needed")
+    report = RegressionEstimator(parallelism=args.parallelism).fit(train).fit_report(test) \
+        if test else None
+    final = RegressionEstimator(parallelism=args.parallelism).fit(rows)
+    final.save(args.output)
+    if args.json:
+        print(json.dumps({"rows": len(rows), "held_out": len(test), "output": args.output,
+                          "report": None if report is None else report.__dict__}, indent=2))
+    else:
+        if report is not None:
+            print(f"held-out {len(test)} of {len(rows)} ops: {report.summary()}")
+        print(f"wrote {args.output} (fitted on all {len(rows)} ops)")
+    return 0
+
+
+def _parse_model_arg(spec: str):
+    from rewriter.graph_io import load_model, parse_input_shapes
+
+    path, _, shapes = spec.partition(",")
+    return Path(path).stem, load_model(path, parse_input_shapes(shapes.split(",") if shapes else []))
+
+
+def _cost_validate(args: argparse.Namespace) -> int:
+    from rewriter.cost.validate import Case, validate, zoo_cases
+
+    target = _target(args.target)
+    if target.profile.kind != "measured":
+        raise BadInputError(
+            f"target {target.name} is analytic: there is no device here to measure it on; "
+            "validate a measured target such as cpu-ort")
+    cases = [] if args.no_zoo else zoo_cases(quick=args.quick)
+    cases += [Case(*_parse_model_arg(spec)) for spec in args.model]
+    if not cases:
+        raise BadInputError("no models to validate (--no-zoo without --model)")
+    report = validate(target, cases, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    rows = [[r.name, f"{r.measured_ms:.3f}", f"{r.estimated_ms:.3f}", f"{100 * r.error:+.1f}%"]
+            for r in report.rows]
+    print(table(["model", "measured ms", "estimated ms", "error"], rows))
+    print(f"\n{len(report.rows)} models on {report.target}: MAPE {100 * report.mape:.1f}%, "
+          f"within +-10% {100 * report.within_10pct:.0f}%, Spearman {report.spearman:.3f}")
+    worst = ", ".join(f"{r.name} {100 * r.error:+.0f}%" for r in report.worst(3))
+    print(f"worst: {worst}")
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rewriter import zoo
     from rewriter.graph_io import save_model
@@ -259,7 +371,15 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
-            "apply": cmd_apply, "estimate": cmd_estimate, "zoo": cmd_zoo}
+            "apply": cmd_apply, "estimate": cmd_estimate, "cost": cmd_cost, "zoo": cmd_zoo}
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from rewriter.cost.measure import MeasurementError
+    from rewriter.cost.profile import ProfileError
+    from rewriter.cost.regression import EstimatorError
+
+    return (ProfileError, MeasurementError, EstimatorError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RewriterError as exc:
         print(f"rewriter: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except _user_errors() as exc:  # the cost module's own one-line errors
+        print(f"rewriter: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rewriter: interrupted", file=sys.stderr)
         return 130

@@ -124,7 +124,7 @@ def test_apply_chosen_sites_and_input_untouched(real_models, tmp_path, capsys):
 
 def test_verification_inputs_from_npz(real_models, tmp_path, capsys):
     import numpy as np
-    from tests.conftest import text_image
+    from rewriter.samples import text_image
 
     npz = tmp_path / "inputs.npz"
     np.savez(npz, x=text_image(64, 96, 3))

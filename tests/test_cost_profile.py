@@ -47,7 +47,7 @@ BAD = [
     ("clock_hz = 1.0e9", 'clock_hz = "fast"', "clock_hz", "number"),
     ("bandwidth_bytes_per_s = 16.0e9", "bandwidth_bytes_per_s = 0", "bandwidth_bytes_per_s",
      "positive"),
-    ("overhead_s = 2.0e-6", "overhead_s = -1e-6", "overhead_s", "positive"),
+    ("overhead_s = 2.0e-6", "overhead_s = -1e-6", "overhead_s", ">= 0"),
     ("parallelism_in = 32", "parallelism_in = 32.0", "parallelism_in", "integer"),
     ("parallelism_in = 32", "parallelism_in = true", "parallelism_in", "integer"),
     ("overhead_s = 2.0e-6", "overhead_s = 2.0e-6\nturbo = 1", "turbo", "unknown"),

@@ -18,7 +18,7 @@ from rewriter.graph_io import load_model
 from rewriter.passes import PASSES, get_pass
 from rewriter.rewrite import apply_pass
 from rewriter.verify import verify
-from tests.conftest import text_image
+from rewriter.samples import text_image
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,137 @@
+"""Whole-model estimates: kernel decomposition, targets, memory budget, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rewriter import zoo
+from rewriter.cli import main
+from rewriter.cost.estimate import Target, estimate
+from rewriter.cost.kernels import decompose, normalise_act
+from rewriter.cost.memory import check_model_budget, parse_bytes
+from rewriter.errors import BadInputError
+from rewriter.passes import get_pass
+from rewriter.rewrite import apply_pass
+from tests.helpers import load
+
+
+@pytest.fixture(scope="module")
+def mnv2():
+    return load(zoo.build("mobilenetv2", width=1.0, resolution=224))
+
+
+def test_conv_bn_act_is_one_kernel(mnv2):
+    kernels = decompose(mnv2)
+    stem = kernels[0]
+    assert stem.nodes == ("features.0.conv", "features.0.bn", "features.0.act")
+    assert stem.spec.kind == "conv" and stem.spec.act == "relu6"
+    kinds = [k.spec.kind for k in kernels]
+    assert kinds.count("dwconv") == 17 and kinds.count("gemm") == 1
+    assert kinds.count("elementwise") == 10  # the residual Adds
+    covered = {n for k in kernels for n in k.nodes}
+    assert all(n.name in covered or n.op == "Flatten" for n in mnv2.graph.nodes)
+
+
+def test_activation_names_normalise():
+    assert normalise_act("hardswish+affine") == "hardswish"
+    assert normalise_act("hardsigmoid") == "sigmoid"
+    assert normalise_act("") == ""
+
+
+@pytest.mark.parametrize("target", ["npu-p32", "npu-p16", "cpu-ort"])
+def test_estimate_sums_its_kernels(mnv2, target):
+    result = estimate(mnv2, target)
+    assert result.target == target
+    assert result.latency_ms == pytest.approx(sum(o.latency_ms for o in result.ops))
+    assert result.latency_ms > 0 and len(result.ops) == len(decompose(mnv2))
+    assert result.param_bytes > 13e6 and result.peak_activation_bytes > 4 * 96 * 112 * 112
+
+
+def test_folding_bn_does_not_change_the_estimate(mnv2):
+    folded = apply_pass(mnv2, get_pass("fold-bn")).model
+    target = Target.load("npu-p32")
+    assert target.estimate(folded).latency_ms == pytest.approx(target.estimate(mnv2).latency_ms)
+
+
+def test_dw_to_dense_pays_off_on_narrow_layers_on_npu(mnv2):
+    """The effect the search exploits: a 32-channel depthwise conv at 112x112 is slower than
+    its exact dense replacement on npu-p32, a 960-channel one at 7x7 is faster."""
+    target = Target.load("npu-p32")
+    base = target.estimate(mnv2).latency_ms
+    early = apply_pass(mnv2, get_pass("dw-to-dense"), ["features.1.dw.conv"]).model
+    late = apply_pass(mnv2, get_pass("dw-to-dense"), ["features.17.dw.conv"]).model
+    assert target.estimate(early).latency_ms < base
+    assert target.estimate(late).latency_ms > base
+
+
+def test_alignment_changes_npu_latency_in_steps(mnv2):
+    """Padding 24 channels to 32 costs nothing extra in tiles at P = 32."""
+    target = Target.load("npu-p32")
+    base = target.estimate(mnv2)
+    site = next(s for s in get_pass("align-channels-up", 32).sites(mnv2)
+                if s.detail["channels"] == 24)
+    aligned = apply_pass(mnv2, get_pass("align-channels-up", 32), [site.id]).model
+    after = target.estimate(aligned)
+    assert after.latency_ms <= base.latency_ms * 1.01
+    assert after.param_bytes > base.param_bytes
+
+
+def test_budget_says_which_constraint_binds(mnv2):
+    check = check_model_budget(mnv2, max_param_bytes=parse_bytes("20M"),
+                               max_activation_bytes=parse_bytes("1M"))
+    assert not check.fits
+    assert check.binding.constraint == "activations"
+    assert "exceed the budget 1.00 MiB" in check.binding.describe()
+    assert check_model_budget(mnv2, parse_bytes("20M"), parse_bytes("64M")).fits
+
+
+@pytest.mark.parametrize("text, value", [("512", 512), ("4K", 4096), ("1.5M", 1572864),
+                                         ("2G", 2 * 2**30), ("3 MiB", 3 * 2**20)])
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1M", "4X"])
+def test_parse_bytes_rejects(text):
+    with pytest.raises(BadInputError):
+        parse_bytes(text)
+
+
+def test_cli_estimate_json(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    assert main(["zoo", "mobilenetv3", "--width", "0.5", "--resolution", "96", "-o",
+                 str(path)]) == 0
+    capsys.readouterr()
+    assert main(["estimate", str(path), "--target", "npu-p16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for key in ("target", "latency_ms", "param_bytes", "peak_activation_bytes", "ops"):
+        assert key in data
+    assert {"name", "op_type", "latency_ms"} <= set(data["ops"][0])
+    assert main(["estimate", str(path), "--target", str(tmp_path / "no.toml")]) == 2
+
+
+def test_cli_cost_fit_measure_validate(tmp_path, capsys):
+    csv = tmp_path / "ops.csv"
+    assert main(["cost", "measure", "-n", "24", "--repeats", "3", "-o", str(csv)]) == 0
+    est = tmp_path / "est.json"
+    assert main(["cost", "fit", str(csv), "-o", str(est), "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert report["rows"] == 24 and est.exists()
+    # A profile of the user's own device: measurements from the fitted JSON.
+    profile = tmp_path / "mycpu.toml"
+    text = (Target.load("cpu-ort").profile.source.read_text()
+            .replace('name = "cpu-ort"', 'name = "mycpu"')
+            .replace('measurements = "cpu-ort.csv"', f'measurements = "{est}"'))
+    profile.write_text(text)
+    model = tmp_path / "m.onnx"
+    main(["zoo", "mobilenetv2", "--width", "0.35", "--resolution", "64", "-o", str(model)])
+    capsys.readouterr()
+    assert main(["cost", "validate", "--target", str(profile), "--no-zoo", "--model",
+                 f"{model},input=1x3x64x64", "--repeats", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["target"] == "mycpu" and data["models"] == 1
+    assert data["rows"][0]["measured_ms"] > 0 and data["rows"][0]["estimated_ms"] > 0
+    assert main(["cost", "validate", "--target", "npu-p32"]) == 2
