@@ -1,8 +1,8 @@
 """The `rewriter` command line.
 
 Exit codes: 0 success; 1 verification failed (nothing written); 2 bad input (missing or
-corrupt file, unknown pass or site, unsupported op or dynamic shape); 3 no candidate within
-budget; 70 internal error (a bug: set REWRITER_DEBUG=1 for the traceback).
+corrupt file, unknown pass, site or strategy, unsupported op or dynamic shape, a feature
+not built yet); 3 no candidate within the memory budget; 70 internal error (a bug: set REWRITER_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
@@ -76,6 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=15, metavar="N",
                    help="print the N slowest kernels (0: all)")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("optimize", help="choose the rewrites that lower latency on a target")
+    _add_model_options(p)
+    p.add_argument("--target", required=True, metavar="NAME|PATH",
+                   help="built-in profile (npu-p32, npu-p16, cpu-ort) or a profile TOML")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--strategy", default="greedy", help="greedy (default), evolution or random")
+    p.add_argument("--max-params", metavar="BYTES", help="parameter budget, e.g. 4M")
+    p.add_argument("--max-activations", metavar="BYTES", help="peak activation budget, e.g. 2M")
+    p.add_argument("--budget", metavar="N|Ns", help="candidates (500) or seconds (30s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exact", action="store_true", default=True,
+                   help="exact rewrites only (the default)")
+    p.add_argument("--allow-architecture-changes", action="store_true",
+                   help="also rewrites that change the function (not built yet)")
+    p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs keyed by input name")
+    p.add_argument("--report", metavar="PATH", help="write an HTML/Markdown report")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     cost = sub.add_parser("cost", help="measure ops, fit and validate latency estimators")
     cost_sub = cost.add_subparsers(dest="cost_command", required=True, parser_class=_Parser)
@@ -273,6 +291,62 @@ def _target(name_or_path: str):
         raise BadInputError(str(exc)) from None
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from rewriter.cost.memory import parse_bytes
+    from rewriter.graph_io import save_model
+    from rewriter.search import Budget, optimize
+    from rewriter.verify import load_inputs
+
+    out = Path(args.output)
+    if out.exists() and out.resolve() == Path(args.model).resolve():
+        raise BadInputError("the output would overwrite the input model; choose another -o")
+    max_params = parse_bytes(args.max_params) if args.max_params else None
+    max_acts = parse_bytes(args.max_activations) if args.max_activations else None
+    budget = Budget.parse(args.budget)
+    target = _target(args.target)
+    model = _load(args)
+    inputs = load_inputs(args.inputs, model) if args.inputs else None
+    result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
+                      max_activation_bytes=max_acts, budget=budget, seed=args.seed,
+                      exact=not args.allow_architecture_changes, inputs=inputs,
+                      progress=not args.json and sys.stderr.isatty())
+    save_model(result.model, out)
+    written = [str(out)]
+    if args.report:
+        from rewriter.search.report import write_report
+
+        data = result.report_data(args.model, {"max_param_bytes": max_params,
+                                               "max_activation_bytes": max_acts})
+        written += [str(p) for p in write_report(data, args.report)]
+    if args.json:
+        print(json.dumps({"model": args.model, "output": str(out), **result.to_dict(),
+                          "written": written}, indent=2))
+        return 0
+    b, a = result.before, result.after
+
+    def change(x: float, y: float) -> str:
+        return f"{100 * (y - x) / x:+.1f}%" if x else ""
+
+    print(table(["", "before", "after", "change"], [
+        ["latency (ms)", f"{b.latency_ms:.4f}", f"{a.latency_ms:.4f}",
+         change(b.latency_ms, a.latency_ms)],
+        ["params", human_bytes(b.param_bytes), human_bytes(a.param_bytes),
+         change(b.param_bytes, a.param_bytes)],
+        ["peak activations", human_bytes(b.peak_activation_bytes),
+         human_bytes(a.peak_activation_bytes),
+         change(b.peak_activation_bytes, a.peak_activation_bytes)],
+    ]))
+    print(f"\n{result.target}, {result.strategy}, {result.evaluated} candidates in "
+          f"{result.elapsed_s:.1f} s; {len(result.decisions)} rewrites kept")
+    for d in sorted(result.decisions, key=lambda d: -d.gain_ms):
+        print(f"  {d.pass_name} @ {d.site}: -{d.gain_ms:.4f} ms  ({d.description})")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.verification.summary())
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     return {"measure": _cost_measure, "fit": _cost_fit, "validate": _cost_validate}[
         args.cost_command](args)
@@ -371,7 +445,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
-            "apply": cmd_apply, "estimate": cmd_estimate, "cost": cmd_cost, "zoo": cmd_zoo}
+            "apply": cmd_apply, "estimate": cmd_estimate, "optimize": cmd_optimize,
+            "cost": cmd_cost, "zoo": cmd_zoo}
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

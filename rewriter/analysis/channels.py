@@ -287,8 +287,20 @@ class _Analysis:
                 self.freeze(y, f"{node.op} {node.name} has a constant of shape {value.shape}")
 
 
+@dataclass
+class ChannelAnalysis:
+    groups: list[ChannelGroup]
+    # tensor name -> its channel axis as (group id, channels) segments (several after Concat)
+    layout: dict[str, list[tuple[str, int]]]
+
+
 def channel_groups(model: Model) -> list[ChannelGroup]:
     """The coupled channel groups of a model, in the order their first tensor appears."""
+    return analyse_channels(model).groups
+
+
+def analyse_channels(model: Model) -> ChannelAnalysis:
+    """Channel groups plus, for every tensor, which groups its channels belong to."""
     state = _Analysis(model)
     for tensor in model.graph.inputs:
         state.new_space(tensor)
@@ -328,4 +340,10 @@ def channel_groups(model: Model) -> list[ChannelGroup]:
         used.add(gid)
         group.id = gid
         result.append(group)
-    return result
+    ids = {uf.find(t): g.id for g in result for t in g.tensors}
+    layout = {
+        name: [(ids[uf.find(seg)], width) for seg, width in segments]
+        for name, segments in state.layout.items()
+        if all(uf.find(seg) in ids for seg, _ in segments)
+    }
+    return ChannelAnalysis(result, layout)
