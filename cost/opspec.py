@@ -28,7 +28,7 @@ Vector work (`vector_ops`, for kinds that run on a vector unit): elementwise
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from math import log
 
 KINDS: tuple[str, ...] = (
@@ -138,7 +138,10 @@ class OpSpec:
 
     def signature(self) -> tuple:
         """Hashable key identifying the spec (all fields, in declaration order)."""
-        return astuple(self)
+        # Not dataclasses.astuple: it deep-copies, and the search calls this per kernel.
+        return (self.kind, self.n, self.cin, self.cout, self.h_in, self.w_in, self.h_out,
+                self.w_out, self.kh, self.kw, self.stride, self.groups, self.act,
+                self.n_inputs, self.dtype_bytes)
 
 
 SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(OpSpec))
