@@ -84,9 +84,10 @@ class Target:
         hit = self._cache.get(key)
         if hit is None:
             if self._regressor is not None:
-                # Measured kernel time plus the dispatch cost each kernel pays in a model.
-                hit = (float(self._regressor.predict_ms(spec)) + self.profile.overhead_s * 1e3,
-                       None)
+                # Measured kernel time, less what measuring added, plus in-model dispatch.
+                ms = (float(self._regressor.predict_ms(spec))
+                      - self.profile.measurement_floor_s * 1e3 + self.profile.overhead_s * 1e3)
+                hit = (max(ms, self.profile.overhead_s * 1e3), None)
             else:
                 from rewriter.cost.analytic import estimate_op
 

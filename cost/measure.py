@@ -333,6 +333,29 @@ def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
     return statistics.median(timed)
 
 
+def _relu_chain(length: int) -> onnx.ModelProto:
+    names = ["x", *(f"t{i}" for i in range(length))]
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in zip(names, names[1:])]
+    graph = helper.make_graph(
+        nodes, "relu_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 8, 4, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def calibrate(threads: int = 1, repeats: int = 300) -> tuple[float, float]:
+    """(in-model dispatch cost per node, the profiler's floor per node), in seconds.
+
+    Dispatch: wall time of a chain of 101 trivial ops minus a chain of 1, per extra op
+    (no profiler). Floor: the profiled kernel time of one trivial op, which is almost all
+    the profiler's own cost. A profile's overhead_s and measurement_floor_s come from these.
+    """
+    feeds = {"x": np.zeros((1, 8, 4, 4), np.float32)}
+    one = wall_time(_relu_chain(1), feeds, repeats=repeats, threads=threads)
+    many = wall_time(_relu_chain(101), feeds, repeats=repeats, threads=threads)
+    floor = time_model(_relu_chain(1), repeats=repeats, threads=threads)
+    return max(many - one, 0.0) / 100 / 1e3, floor / 1e3
+
+
 def wall_time(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, *,
               repeats: int = 20, warmup: int = 3, threads: int = 1) -> float:
     """Median wall time of one run of a whole model, in ms (what a user sees)."""

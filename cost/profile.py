@@ -20,6 +20,8 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
     measurements                   "measured" only: CSV path, relative to the profile's folder
                                    or to cost/data/
     estimator                      "measured" only: "regression"
+    measurement_floor_s            "measured" only, optional: number >= 0, per-kernel time the
+                                   measurements include but a model run does not
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -86,6 +88,9 @@ class HardwareProfile:
     measurements: Path | None = None
     estimator: str | None = None
     source: Path | None = None
+    # "measured" only: per-kernel time the measurements include but a model run does not
+    # (onnxruntime's profiler's own cost per node); subtracted from every kernel estimate.
+    measurement_floor_s: float = 0.0
 
     def op(self, kind: str) -> OpParams:
         if kind not in self.ops:
@@ -176,6 +181,11 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: kind: expected \"analytic\" or \"measured\", got {kind!r}")
     schema = {**_COMMON, **(_MEASURED if kind == "measured" else {})}
     tables = {"ops", "activations"}
+    floor = 0.0
+    if kind == "measured" and "measurement_floor_s" in data:
+        data = dict(data)
+        floor = _check(path, "measurement_floor_s", data.pop("measurement_floor_s"), float,
+                       "nonneg")
     top = _table(path, "", {k: v for k, v in data.items() if k not in tables}, schema)
     ops_table = data.get("ops", {})
     if kind == "analytic" and "ops" not in data:
@@ -211,4 +221,4 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
                                f"got {top['estimator']!r}")
         measurements = _measurements_path(path, top.pop("measurements"))
     return HardwareProfile(**top, ops=ops, activations=activations,
-                           measurements=measurements, source=path)
+                           measurements=measurements, source=path, measurement_floor_s=floor)

@@ -365,6 +365,11 @@ def _cost_measure(args: argparse.Namespace) -> int:
     tmp.replace(out)
     print(f"wrote {out}: {len(rows)} ops, median of {args.repeats} runs, "
           f"{args.threads or 'default'} thread(s)")
+    from rewriter.cost.measure import calibrate
+
+    dispatch, floor = calibrate(args.threads)
+    print(f"for a measured profile of this machine: overhead_s = {dispatch:.2e}, "
+          f"measurement_floor_s = {floor:.2e}")
     return 0
 
 
