@@ -1,3 +1,36 @@
-"""rewriter: rewrite ONNX CNN graphs so they run faster on neural-engine accelerators."""
+"""rewriter: rewrite ONNX CNN graphs so they run faster on neural-engine accelerators.
+
+    import rewriter
+    result = rewriter.optimize("model.onnx", target="npu-p32")
+    result.model, result.decisions, result.before, result.after  # see rewriter.search
+
+The heavy parts (onnxruntime, scikit-learn) load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "optimize": ("rewriter.search.driver", "optimize"),
+    "Result": ("rewriter.search.driver", "Result"),
+    "Budget": ("rewriter.search.driver", "Budget"),
+    "load_model": ("rewriter.graph_io", "load_model"),
+    "save_model": ("rewriter.graph_io", "save_model"),
+    "estimate": ("rewriter.cost.estimate", "estimate"),
+    "verify": ("rewriter.verify", "verify"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'rewriter' has no attribute {name!r}")
+
+
+__all__ = [*_LAZY, "__version__"]

@@ -132,3 +132,22 @@ def test_cli_optimize_json_and_exit_codes(tmp_path, capsys):
                  "--allow-architecture-changes"]) == 2
     assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(bad),
                  "--budget", "soon"]) == 2
+
+
+def test_python_api_from_a_path(tmp_path):
+    import onnx
+
+    import rewriter
+
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo.build("mobilenetv2", width=1.0, resolution=224), path)
+    result = rewriter.optimize(path, target="npu-p32", strategy="evolution",
+                               budget=Budget(candidates=200), seed=3)
+    assert isinstance(result, rewriter.Result)
+    assert result.after.latency_ms < result.before.latency_ms
+    data = result.to_dict()
+    assert data["rewrites"] == [d.to_dict() for d in result.decisions]
+    assert result.trace and result.trace[-1][1] <= result.trace[0][1]
+    assert any(chosen for _, _, chosen in result.pareto)
+    meta = result.model.metadata["rewriter.optimize"]
+    assert "target=npu-p32" in meta and "features.1.dw.conv" in meta
