@@ -110,8 +110,17 @@ class Result:
             candidates=[{"latency_ms": t, "memory_bytes": m} for t, m in self.points],
             verification={"passed": self.verification.passed,
                           "max_relative_error": self.verification.max_relative_error,
-                          "summary": self.verification.summary()})
+                          "summary": self._verification_detail()})
         return data
+
+
+    def _verification_detail(self) -> str:
+        report = self.verification
+        if report.refused:
+            return f"refused: {report.refused}"
+        inputs = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
+        return (f"onnxruntime, all {len(report.outputs)} outputs within {report.tolerance:.0e} "
+                f"of their scale on inputs {inputs}" if report.passed else report.summary())
 
 
 class _Evaluator:
