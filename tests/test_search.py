@@ -124,6 +124,13 @@ def test_cli_optimize_json_and_exit_codes(tmp_path, capsys):
     assert data["after"]["latency_ms"] < data["before"]["latency_ms"]
     assert data["rewrites"] and {"pass", "site", "gain_ms"} <= set(data["rewrites"][0])
     assert out.exists()
+    report = tmp_path / "report"
+    assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(out), "--report",
+                 str(report)]) == 0
+    text = capsys.readouterr().out
+    html, md = tmp_path / "report.html", tmp_path / "report.md"
+    assert f"wrote {out}, {html}, {md}" in text
+    assert "<svg" in html.read_text() and "features.1.dw.conv" in md.read_text()
     bad = tmp_path / "bad.onnx"
     assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(bad),
                  "--max-activations", "64K"]) == 3
