@@ -29,6 +29,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="fix an input's dims (needed where H or W are dynamic); repeatable")
 
 
+def _add_target_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, metavar="NAME|PATH",
+                   help="built-in profile (npu-p32, npu-p16, cpu-ort) or a profile TOML")
+
+
 def _load(args: argparse.Namespace):
     from rewriter.graph_io import load_model, parse_input_shapes
 
@@ -71,16 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="estimate latency and memory on a target")
     _add_model_options(p)
-    p.add_argument("--target", required=True, metavar="NAME|PATH",
-                   help="built-in profile (npu-p32, npu-p16, cpu-ort) or a profile TOML")
+    _add_target_option(p)
     p.add_argument("--top", type=int, default=15, metavar="N",
                    help="print the N slowest kernels (0: all)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("optimize", help="choose the rewrites that lower latency on a target")
     _add_model_options(p)
-    p.add_argument("--target", required=True, metavar="NAME|PATH",
-                   help="built-in profile (npu-p32, npu-p16, cpu-ort) or a profile TOML")
+    _add_target_option(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--strategy", default="greedy", help="greedy (default), evolution or random")
     p.add_argument("--max-params", metavar="BYTES", help="parameter budget, e.g. 4M")
