@@ -105,6 +105,12 @@ class Target:
         for k in kernels:
             ms, util = self.kernel(k.spec)
             ops.append(KernelEstimate(k.name, k.op_type, k.spec.kind, k.nodes, ms, util))
+        if self.profile.blocked_layout:
+            from rewriter.cost.layout import onnxruntime_reorders
+
+            for tensor, spec in onnxruntime_reorders(model):
+                ops.append(KernelEstimate(f"reorder:{tensor}", "Reorder", "reorder", (),
+                                          self.kernel(spec)[0], None))
         mem = memory_stats(model)
         return ModelEstimate(
             target=self.name,

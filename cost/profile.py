@@ -22,6 +22,8 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
     estimator                      "measured" only: "regression"
     measurement_floor_s            "measured" only, optional: number >= 0, per-kernel time the
                                    measurements include but a model run does not
+    blocked_layout                 "measured" only, optional: true when the runtime converts
+                                   tensors to/from a blocked layout (onnxruntime's NCHWc)
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -91,6 +93,9 @@ class HardwareProfile:
     # "measured" only: per-kernel time the measurements include but a model run does not
     # (onnxruntime's profiler's own cost per node); subtracted from every kernel estimate.
     measurement_floor_s: float = 0.0
+    # "measured" only: the runtime runs convs in a blocked layout (onnxruntime's NCHWc) and
+    # converts tensors to and from it around the ops it cannot run blocked (cost/layout.py).
+    blocked_layout: bool = False
 
     def op(self, kind: str) -> OpParams:
         if kind not in self.ops:
@@ -181,11 +186,17 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: kind: expected \"analytic\" or \"measured\", got {kind!r}")
     schema = {**_COMMON, **(_MEASURED if kind == "measured" else {})}
     tables = {"ops", "activations"}
-    floor = 0.0
-    if kind == "measured" and "measurement_floor_s" in data:
+    floor, blocked = 0.0, False
+    if kind == "measured":
         data = dict(data)
-        floor = _check(path, "measurement_floor_s", data.pop("measurement_floor_s"), float,
-                       "nonneg")
+        if "measurement_floor_s" in data:
+            floor = _check(path, "measurement_floor_s", data.pop("measurement_floor_s"), float,
+                           "nonneg")
+        if "blocked_layout" in data:
+            blocked = data.pop("blocked_layout")
+            if not isinstance(blocked, bool):
+                raise ProfileError(f"{path}: blocked_layout: expected true or false, "
+                                   f"got {blocked!r}")
     top = _table(path, "", {k: v for k, v in data.items() if k not in tables}, schema)
     ops_table = data.get("ops", {})
     if kind == "analytic" and "ops" not in data:
@@ -221,4 +232,5 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
                                f"got {top['estimator']!r}")
         measurements = _measurements_path(path, top.pop("measurements"))
     return HardwareProfile(**top, ops=ops, activations=activations,
-                           measurements=measurements, source=path, measurement_floor_s=floor)
+                           measurements=measurements, source=path, measurement_floor_s=floor,
+                           blocked_layout=blocked)

@@ -45,7 +45,8 @@ def test_estimate_sums_its_kernels(mnv2, target):
     result = estimate(mnv2, target)
     assert result.target == target
     assert result.latency_ms == pytest.approx(sum(o.latency_ms for o in result.ops))
-    assert result.latency_ms > 0 and len(result.ops) == len(decompose(mnv2))
+    kernels = [o for o in result.ops if o.kind != "reorder"]
+    assert result.latency_ms > 0 and len(kernels) == len(decompose(mnv2))
     assert result.param_bytes > 13e6 and result.peak_activation_bytes > 4 * 96 * 112 * 112
 
 
@@ -135,3 +136,32 @@ def test_cli_cost_fit_measure_validate(tmp_path, capsys):
     assert data["target"] == "mycpu" and data["models"] == 1
     assert data["rows"][0]["measured_ms"] > 0 and data["rows"][0]["estimated_ms"] > 0
     assert main(["cost", "validate", "--target", "npu-p32"]) == 2
+
+
+def test_layout_reorders_come_from_onnxruntime():
+    """cpu-ort prices the NCHWc conversions onnxruntime inserts: an SE block's Mul runs in
+    NCHW, so MobileNetV3 pays conversions that MobileNetV2 (Adds fused into convs) doesn't."""
+    from rewriter.cost.layout import onnxruntime_reorders
+
+    v2 = load(zoo.build("mobilenetv2", width=0.5, resolution=96, fold_bn=True))
+    v3 = load(zoo.build("mobilenetv3", width=0.5, resolution=96))
+    r2, r3 = onnxruntime_reorders(v2), onnxruntime_reorders(v3)
+    assert len(r3) > 4 * max(len(r2), 1)
+    assert all(v3.shapes[t][1] == spec.cin for t, spec in r3)
+    estimate = Target.load("cpu-ort").estimate(v3)
+    reorders = [o for o in estimate.ops if o.kind == "reorder"]
+    assert len(reorders) == len(r3) and all(o.latency_ms > 0 for o in reorders)
+    assert not any(o.kind == "reorder" for o in Target.load("npu-p32").estimate(v3).ops)
+
+
+def test_blocked_layout_key_is_validated(tmp_path):
+    from rewriter.cost.profile import ProfileError, load_profile
+
+    text = Target.load("cpu-ort").profile.source.read_text()
+    assert load_profile("cpu-ort").blocked_layout is True
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("blocked_layout = true", 'blocked_layout = "yes"')
+                   .replace('measurements = "cpu-ort.csv"',
+                            f'measurements = "{load_profile("cpu-ort").measurements}"'))
+    with pytest.raises(ProfileError, match="blocked_layout: expected true or false"):
+        load_profile(bad)
