@@ -3,8 +3,9 @@
     python benchmarks/cost_accuracy.py [--quick]
 
 Times every zoo variant (4 models x 4 widths x 3 resolutions, BN folded) and the two real
-PaddleOCR models in onnxruntime on this machine (1 intra-op thread, median of 30 runs) and
+PaddleOCR models in onnxruntime on this machine (1 intra-op thread) and
 compares each with the estimate: MAPE, share within +-10%, Spearman, worst cases.
+Each model is timed in 3 interleaved rounds of 30 runs; the lowest median is kept.
 """
 
 from __future__ import annotations
