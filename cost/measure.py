@@ -306,11 +306,18 @@ def _session(model: onnx.ModelProto, threads: int, profile: bool):
 
 
 _LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
+MIN_MS = 1e-4  # 0.1 us
 
 
 def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
-               threads: int = 1) -> float:
-    """Median per-run kernel time of `model`'s ops (layout reorders excluded), in ms."""
+               threads: int = 1, node_floor_ms: float = 0.0) -> float:
+    """Median per-run kernel time of `model`'s ops (layout reorders excluded), in ms.
+
+    `node_floor_ms` is subtracted from every profiled node (never below zero): the
+    profiler's own cost per node, which a run without profiling does not pay. One kernel
+    can be several nodes in a one-op model (x * HardSigmoid(x) when it is not fused), so
+    the floor belongs to nodes, not to kernels.
+    """
     session = _session(model, threads, profile=True)
     feeds = _inputs(model, np.random.default_rng(0))
     for _ in range(warmup + repeats):
@@ -328,9 +335,10 @@ def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
                 and e.get("args", {}).get("op_name") not in _LAYOUT_OPS):
             index = bisect.bisect_right(runs, e["ts"]) - 1
             if index >= 0:
-                per_run[index] += e["dur"] / 1e3
+                per_run[index] += max(e["dur"] / 1e3 - node_floor_ms, 0.0)
     timed = per_run[warmup:] or per_run
-    return statistics.median(timed)
+    # The profiler counts whole microseconds; an op below its resolution still costs > 0.
+    return max(statistics.median(timed), MIN_MS)
 
 
 def _relu_chain(length: int) -> onnx.ModelProto:
@@ -346,8 +354,9 @@ def calibrate(threads: int = 1, repeats: int = 300) -> tuple[float, float]:
     """(in-model dispatch cost per node, the profiler's floor per node), in seconds.
 
     Dispatch: wall time of a chain of 101 trivial ops minus a chain of 1, per extra op
-    (no profiler). Floor: the profiled kernel time of one trivial op, which is almost all
-    the profiler's own cost. A profile's overhead_s and measurement_floor_s come from these.
+    (no profiler): a measured profile's overhead_s. Floor: the profiled kernel time of one
+    trivial op, which is almost all the profiler's own cost: measure_specs removes it from
+    every profiled node.
     """
     feeds = {"x": np.zeros((1, 8, 4, 4), np.float32)}
     one = wall_time(_relu_chain(1), feeds, repeats=repeats, threads=threads)
@@ -373,12 +382,14 @@ def wall_time(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None
 
 def measure_specs(specs: Iterable[OpSpec], *, repeats: int = 20, warmup: int = 3,
                   threads: int = 1, progress: bool = True) -> list[Measurement]:
-    """Time every spec as a one-op model; see the module docstring."""
+    """Time every spec as a one-op model, the profiler's per-node floor removed."""
     specs = list(specs)
     device = device_name()
+    floor_ms = calibrate(threads)[1] * 1e3
     rows = []
     for spec in tqdm(specs, desc="measuring ops", unit="op", disable=not progress):
-        ms = time_model(one_op_model(spec), repeats=repeats, warmup=warmup, threads=threads)
+        ms = time_model(one_op_model(spec), repeats=repeats, warmup=warmup, threads=threads,
+                        node_floor_ms=floor_ms)
         rows.append(Measurement(spec, ms, device, threads, repeats))
     return rows
 
