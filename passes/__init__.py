@@ -10,11 +10,14 @@ from rewriter.passes.align_channels_up import AlignChannelsUp
 from rewriter.passes.base import Pass, Site
 from rewriter.passes.dw_to_dense import DepthwiseToDense
 from rewriter.passes.fold_bn import FoldBatchNorm
+from rewriter.passes.fuse_ibn import FuseIBN
 from rewriter.passes.fuse_linear_conv import FuseLinearConv
 
 PASSES: dict[str, type[Pass]] = {
-    cls.name: cls for cls in (FoldBatchNorm, DepthwiseToDense, FuseLinearConv, AlignChannelsUp)
+    cls.name: cls
+    for cls in (FoldBatchNorm, DepthwiseToDense, FuseLinearConv, AlignChannelsUp, FuseIBN)
 }
+EXACT_PASSES = [name for name, cls in PASSES.items() if cls.exact]
 
 
 def get_pass(name: str, multiple: int | None = None) -> Pass:
@@ -27,4 +30,4 @@ def get_pass(name: str, multiple: int | None = None) -> Pass:
     return cls()
 
 
-__all__ = ["PASSES", "Pass", "Site", "get_pass"]
+__all__ = ["EXACT_PASSES", "PASSES", "Pass", "Site", "get_pass"]

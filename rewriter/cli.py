@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max error relative to each output's scale (default 1e-4)")
+    p.add_argument("--allow-architecture-changes", action="store_true",
+                   help="needed for passes that change the function (fuse-ibn)")
+    p.add_argument("--calibration", metavar="FILE.npz",
+                   help="inputs to refit weights and measure fidelity (default: random)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("estimate", help="estimate latency and memory on a target")
@@ -108,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime intra-op threads, recorded in the CSV (default 1)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "zigzag"],
+                   help="time on this machine, or simulate on a ZigZag accelerator "
+                        "(pip install -e '.[zigzag]')")
+    p.add_argument("--accelerator", default="edge_tpu_like",
+                   help="ZigZag accelerator description (default edge_tpu_like)")
+    p.add_argument("--clock-hz", type=float, default=1e9,
+                   help="ZigZag cycles to ms at this clock (default 1e9: 1 ms = 1e6 cycles)")
     p.add_argument("-o", "--output", required=True, metavar="CSV")
     p = cost_sub.add_parser("fit", help="fit a regression estimator on a measurement CSV")
     p.add_argument("csv", help="measurements (ours, or your device's; see docs of columns)")
@@ -221,6 +232,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if out.exists() and out.resolve() == Path(args.model).resolve():
         raise BadInputError("the output would overwrite the input model; choose another -o")
     rule = get_pass(args.pass_name, args.multiple)
+    if not rule.exact:
+        return _apply_architecture_change(args, rule, out)
     model = _load(args)
     inputs = load_inputs(args.inputs, model) if args.inputs else None
     result = apply_pass(model, rule, args.site)
@@ -361,11 +374,20 @@ def _cost_measure(args: argparse.Namespace) -> int:
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
     specs = sample_specs(args.n, args.seed, args.parallelism)
-    rows = measure_specs(specs, repeats=args.repeats, threads=args.threads)
+    if args.backend == "zigzag":
+        from rewriter.cost.zigzag import SUPPORTED_KINDS, measure_zigzag
+
+        specs = [s for s in specs if s.kind in SUPPORTED_KINDS]  # it simulates MAC layers only
+        rows = measure_zigzag(specs, args.accelerator, clock_hz=args.clock_hz)
+    else:
+        rows = measure_specs(specs, repeats=args.repeats, threads=args.threads)
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     write_csv(tmp, rows)
     tmp.replace(out)
+    if args.backend == "zigzag":
+        print(f"wrote {out}: {len(rows)} ops simulated on ZigZag {args.accelerator}")
+        return 0
     print(f"wrote {out}: {len(rows)} ops, median of {args.repeats} runs, "
           f"{args.threads or 'default'} thread(s)")
     from rewriter.cost.measure import calibrate
@@ -437,6 +459,51 @@ def _cost_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int:
+    """A pass that changes the function: refit from calibration data, report fidelity."""
+    from rewriter.fidelity import calibration_batches, measure_fidelity
+    from rewriter.graph_io import save_model
+    from rewriter.passes import get_pass
+    from rewriter.passes.fuse_ibn import Calibration
+    from rewriter.rewrite import apply_pass
+
+    if not args.allow_architecture_changes:
+        raise BadInputError(f"{rule.name} changes the architecture (the model computes "
+                            "something else); pass --allow-architecture-changes to apply it, "
+                            "with --calibration FILE.npz to refit its weights on real inputs")
+    original = _load(args)
+    folded = apply_pass(original, get_pass("fold-bn")).model  # same function, BN folded
+    batches, warnings = calibration_batches(folded, args.calibration, seed=args.seed)
+    if len(batches) < 2:
+        raise BadInputError("calibration needs at least 2 batches of 4 inputs (8 samples)")
+    cut = max(1, len(batches) * 3 // 4)
+    fit, held_out = batches[:cut], batches[cut:]
+    rule.calibration = Calibration(folded, fit)
+    result = apply_pass(folded, rule, args.site)
+    fidelity = measure_fidelity(folded, result.model, held_out)
+    if result.applied:
+        result.model.metadata["rewriter.architecture_changed"] = (
+            ",".join(f"{s.pass_name}@{s.id}" for s in result.applied)
+            + "; fine-tune before use")
+        save_model(result.model, out)
+    summary = {"model": args.model, "pass": rule.name, "exact": False,
+               "applied": [s.to_dict() for s in result.applied],
+               "fidelity": fidelity.to_dict(), "warnings": warnings,
+               "output": str(out) if result.applied else None}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"applied  {rule.name} at {len(result.applied)} sites (weights refitted on "
+          f"{sum(len(next(iter(b.values()))) for b in fit)} calibration inputs)")
+    print(f"fidelity on {sum(len(next(iter(b.values()))) for b in held_out)} held-out inputs: "
+          f"{fidelity.summary()}")
+    if result.applied:
+        print(f"wrote {out} (architecture changed: fine-tune before use)")
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rewriter import zoo
     from rewriter.graph_io import save_model
@@ -462,7 +529,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rewriter.cost.profile import ProfileError
     from rewriter.cost.regression import EstimatorError
 
-    return (ProfileError, MeasurementError, EstimatorError)
+    from rewriter.cost.zigzag import ZigZagError
+
+    return (ProfileError, MeasurementError, EstimatorError, ZigZagError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,195 @@
+"""Simulate single ops on the ZigZag accelerator simulator (PyPI ``zigzag-dse``, KU Leuven).
+
+A measurement backend like `rewriter.cost.measure.measure_specs`, but the "device" is an
+analytical model of an accelerator instead of onnxruntime on this CPU: each spec's one-op
+model (`one_op_model`) is given to ``zigzag.api.get_hardware_performance_zigzag``, which
+searches spatial and temporal mappings for the lowest latency and reports it in clock
+cycles. Written against zigzag-dse 3.9.1 (which imports ``six`` without declaring it).
+
+`ACCELERATORS` maps a name to the hardware and mapping yaml files shipped inside the
+package (every ``inputs/hardware/NAME.yaml`` with a ``inputs/mapping/NAME.yaml``, among
+them "edge_tpu_like": an 8x8x4x4 array unrolling K, C, OX, OY, and "tpu_like": a 32x32
+weight-stationary systolic array unrolling K, C).
+
+What ZigZag supports: only Conv (any ``group``, so conv, conv1x1, dwconv and groupconv),
+Gemm and MatMul layers are simulated; every other ONNX node becomes a zero-cost dummy node.
+So a fused activation costs nothing here, and the kinds pool, gap, elementwise, resize and
+concat cannot be simulated: `measure_zigzag` raises `ZigZagError` naming the kind before
+simulating anything (filter them out with ``spec.kind in SUPPORTED_KINDS``).
+
+Units: `simulate_cycles` returns cycles (ZigZag's ``latency_total2``); `measure_zigzag`
+returns milliseconds at ``clock_hz`` (1 ms = clock_hz / 1e3 cycles).
+
+Cache: cycles are stored per accelerator in ``cache_dir/zigzag-VERSION-ACCELERATOR.json``
+(default ``~/.cache/rewriter/zigzag/``), a JSON object keyed by ``repr(spec.signature())``,
+rewritten atomically after each new result, so no spec is ever simulated twice. One
+conv layer takes about 1-6 s to simulate; uncached specs run in a process pool.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import onnx
+from tqdm import tqdm
+
+from rewriter.cost.measure import Measurement, one_op_model
+from rewriter.cost.opspec import MAC_KINDS, OpSpec
+
+SUPPORTED_KINDS = MAC_KINDS
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "rewriter" / "zigzag"
+_INSTALL_HINT = "zigzag is not installed: pip install -e '.[zigzag]'"
+
+
+class ZigZagError(RuntimeError):
+    """ZigZag is missing, or cannot simulate what was asked; the message is one line."""
+
+
+def _find_accelerators() -> dict[str, tuple[Path, Path]]:
+    spec = importlib.util.find_spec("zigzag")  # locate the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    inputs = Path(next(iter(spec.submodule_search_locations))) / "inputs"
+    return {hw.stem: (hw, inputs / "mapping" / hw.name)
+            for hw in sorted((inputs / "hardware").glob("*.yaml"))
+            if (inputs / "mapping" / hw.name).is_file()}
+
+
+ACCELERATORS: dict[str, tuple[Path, Path]] = _find_accelerators()
+
+
+def zigzag_version() -> str:
+    try:
+        return importlib.metadata.version("zigzag-dse")
+    except importlib.metadata.PackageNotFoundError:
+        raise ZigZagError(_INSTALL_HINT) from None
+
+
+def _accelerator_files(accelerator: str) -> tuple[Path, Path]:
+    if not ACCELERATORS:
+        raise ZigZagError(_INSTALL_HINT)
+    if accelerator not in ACCELERATORS:
+        raise ZigZagError(f"unknown ZigZag accelerator {accelerator!r}; expected one of "
+                          f"{', '.join(ACCELERATORS)}")
+    return ACCELERATORS[accelerator]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence logging, stdout and stderr; keep ZigZag's logging.basicConfig a no-op."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()  # basicConfig only installs a handler on a bare root
+    root.addHandler(guard)
+    previous = root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            yield
+    finally:
+        logging.disable(previous)
+        root.removeHandler(guard)
+
+
+def simulate_cycles(model: onnx.ModelProto, accelerator: str) -> float:
+    """Total latency in cycles of `model`'s Conv/Gemm/MatMul layers on `accelerator`."""
+    hardware, mapping = _accelerator_files(accelerator)
+    model = onnx.shape_inference.infer_shapes(model)  # ZigZag needs every tensor's shape
+    with _quiet():
+        try:
+            from zigzag.api import get_hardware_performance_zigzag
+        except ImportError as e:
+            raise ZigZagError(f"{_INSTALL_HINT} ({e})") from None
+        with tempfile.TemporaryDirectory(prefix="rewriter-zigzag-") as dump:
+            _energy, cycles, _cmes = get_hardware_performance_zigzag(
+                model, str(hardware), str(mapping), opt="latency", dump_folder=dump,
+                loma_show_progress_bar=False)
+    return float(cycles)
+
+
+def _spec_cycles(job: tuple[OpSpec, str]) -> float:
+    spec, accelerator = job
+    return simulate_cycles(one_op_model(spec), accelerator)
+
+
+def _cache_path(cache_dir: Path, accelerator: str) -> Path:
+    return cache_dir / f"zigzag-{zigzag_version()}-{accelerator}.json"
+
+
+def _read_cache(path: Path) -> dict[str, float]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ZigZagError(f"unreadable ZigZag cache {path}: {e}") from None
+
+
+def _write_cache(path: Path, cycles: dict[str, float]) -> None:
+    """Merge `cycles` into the file at `path` (atomically replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = {**_read_cache(path), **cycles}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(merged, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _run(jobs: Sequence[tuple[OpSpec, str]], workers: int,
+         on_result: Callable[[OpSpec, float], None]) -> None:
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            on_result(job[0], _spec_cycles(job))
+        return
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_spec_cycles, job): job[0] for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            on_result(futures[future], future.result())
+
+
+def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float = 1e9,
+                   cache_dir: Path | None = None, workers: int | None = None,
+                   progress: bool = True) -> list[Measurement]:
+    """Simulated latency (ms at `clock_hz`) of each spec on `accelerator`, in order.
+
+    Raises `ZigZagError` if ZigZag is missing, the accelerator is unknown, or a spec's
+    kind is not in `SUPPORTED_KINDS` (checked before any simulation).
+    """
+    specs = list(specs)
+    _accelerator_files(accelerator)
+    unsupported = sorted({s.kind for s in specs} - SUPPORTED_KINDS)
+    if unsupported:
+        raise ZigZagError(f"ZigZag cannot simulate kind(s) {', '.join(unsupported)} "
+                          f"(only {', '.join(sorted(SUPPORTED_KINDS))})")
+    path = _cache_path(cache_dir or DEFAULT_CACHE_DIR, accelerator)
+    cycles = _read_cache(path)
+    todo = list({repr(s.signature()): s for s in specs
+                 if repr(s.signature()) not in cycles}.values())
+    if todo:
+        bar = tqdm(total=len(todo), desc=f"zigzag {accelerator}", unit="op",
+                   disable=not progress)
+
+        def on_result(spec: OpSpec, value: float) -> None:
+            cycles[repr(spec.signature())] = value
+            _write_cache(path, {repr(spec.signature()): value})
+            bar.update()
+
+        with bar:
+            _run([(s, accelerator) for s in todo], workers or os.cpu_count() or 1, on_result)
+    device = f"zigzag-{zigzag_version()} {accelerator}"
+    return [Measurement(s, cycles[repr(s.signature())] / (clock_hz / 1e3), device=device,
+                        threads=0, repeats=1)
+            for s in specs]

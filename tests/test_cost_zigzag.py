@@ -1,0 +1,76 @@
+"""ZigZag measurement backend: two small layers simulated once, then the cache reused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("zigzag")
+
+from rewriter.cost import zigzag as zz  # noqa: E402
+from rewriter.cost.opspec import OpSpec  # noqa: E402
+
+CONV = OpSpec("conv", cin=16, cout=16, h_in=16, w_in=16, h_out=16, w_out=16, kh=3, kw=3)
+DW = OpSpec("dwconv", cin=16, cout=16, h_in=16, w_in=16, h_out=16, w_out=16, kh=3, kw=3,
+            groups=16)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory):
+    cache_dir = tmp_path_factory.mktemp("cache")
+    cwd = tmp_path_factory.mktemp("cwd")
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        ms = zz.measure_zigzag([CONV, DW], "edge_tpu_like", cache_dir=cache_dir, workers=1,
+                               progress=False)
+    finally:
+        os.chdir(old)
+    return cache_dir, cwd, ms
+
+
+def test_depthwise_maps_badly(measured) -> None:
+    _, _, (conv, dw) = measured
+    assert conv.latency_ms > 0 and dw.latency_ms > 0
+    assert conv.device == f"zigzag-{zz.zigzag_version()} edge_tpu_like"
+    assert (conv.threads, conv.repeats) == (0, 1)
+    # 16x the MACs, but far less than 16x the latency
+    assert conv.latency_ms < 4 * dw.latency_ms
+
+
+def test_no_files_left_in_cwd(measured) -> None:
+    _, cwd, _ = measured
+    assert list(Path(cwd).iterdir()) == []
+
+
+def test_cache_is_reused(measured, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir, _, first = measured
+    files = list(Path(cache_dir).iterdir())
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert set(data) == {repr(CONV.signature()), repr(DW.signature())}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("simulated a cached spec")
+
+    monkeypatch.setattr(zz, "simulate_cycles", fail)
+    again = zz.measure_zigzag([DW, CONV], "edge_tpu_like", cache_dir=cache_dir, progress=False)
+    assert again == [first[1], first[0]]
+    slower = zz.measure_zigzag([CONV], "edge_tpu_like", cache_dir=cache_dir, clock_hz=5e8,
+                               progress=False)
+    assert slower[0].latency_ms == pytest.approx(2 * first[0].latency_ms)
+
+
+def test_errors(tmp_path: Path) -> None:
+    assert {"edge_tpu_like", "tpu_like"} <= set(zz.ACCELERATORS)
+    with pytest.raises(zz.ZigZagError, match="unknown ZigZag accelerator"):
+        zz.measure_zigzag([CONV], "no_such_chip", cache_dir=tmp_path)
+    with pytest.raises(zz.ZigZagError, match="unknown ZigZag accelerator"):
+        zz.simulate_cycles(None, "no_such_chip")  # type: ignore[arg-type]
+    with pytest.raises(zz.ZigZagError, match="pool"):
+        zz.measure_zigzag([OpSpec("pool", cin=8, cout=8, h_in=4, w_in=4, h_out=2, w_out=2,
+                                  kh=2, kw=2, stride=2)], "edge_tpu_like", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
