@@ -83,7 +83,9 @@ class Target:
         key = spec.signature()
         hit = self._cache.get(key)
         if hit is None:
-            if self._regressor is not None:
+            if spec.kind in self.profile.free_kinds:
+                hit = (0.0, None)
+            elif self._regressor is not None:
                 # Measured kernel time, less what measuring added, plus in-model dispatch.
                 ms = (float(self._regressor.predict_ms(spec))
                       - self.profile.measurement_floor_s * 1e3 + self.profile.overhead_s * 1e3)

@@ -24,6 +24,8 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
                                    measurements include but a model run does not
     blocked_layout                 "measured" only, optional: true when the runtime converts
                                    tensors to/from a blocked layout (onnxruntime's NCHWc)
+    free_kinds                     "measured" only, optional: op kinds that cost nothing on
+                                   the measuring backend (ZigZag simulates MAC layers only)
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -96,6 +98,9 @@ class HardwareProfile:
     # "measured" only: the runtime runs convs in a blocked layout (onnxruntime's NCHWc) and
     # converts tensors to and from it around the ops it cannot run blocked (cost/layout.py).
     blocked_layout: bool = False
+    # "measured" only: op kinds the measuring backend treats as free (ZigZag simulates MAC
+    # layers only; the other ops of a model are zero-cost to it).
+    free_kinds: tuple[str, ...] = ()
 
     def op(self, kind: str) -> OpParams:
         if kind not in self.ops:
@@ -186,12 +191,18 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: kind: expected \"analytic\" or \"measured\", got {kind!r}")
     schema = {**_COMMON, **(_MEASURED if kind == "measured" else {})}
     tables = {"ops", "activations"}
-    floor, blocked = 0.0, False
+    floor, blocked, free_kinds = 0.0, False, ()
     if kind == "measured":
         data = dict(data)
         if "measurement_floor_s" in data:
             floor = _check(path, "measurement_floor_s", data.pop("measurement_floor_s"), float,
                            "nonneg")
+        if "free_kinds" in data:
+            free = data.pop("free_kinds")
+            if not isinstance(free, list) or any(k not in KINDS for k in free):
+                raise ProfileError(f"{path}: free_kinds: expected a list of op kinds "
+                                   f"({', '.join(KINDS)}), got {free!r}")
+            free_kinds = tuple(free)
         if "blocked_layout" in data:
             blocked = data.pop("blocked_layout")
             if not isinstance(blocked, bool):
@@ -233,4 +244,4 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         measurements = _measurements_path(path, top.pop("measurements"))
     return HardwareProfile(**top, ops=ops, activations=activations,
                            measurements=measurements, source=path, measurement_floor_s=floor,
-                           blocked_layout=blocked)
+                           blocked_layout=blocked, free_kinds=free_kinds)

@@ -11,7 +11,7 @@ from rewriter.cost.profile import PROFILE_DIR, ProfileError, builtin_profiles, l
 
 
 def test_builtins_load():
-    assert builtin_profiles() == ["cpu-ort", "npu-p16", "npu-p32"]
+    assert builtin_profiles() == ["cpu-ort", "edge-tpu-zz", "npu-p16", "npu-p32", "tpu-zz"]
     p32 = load_profile("npu-p32")
     assert (p32.kind, p32.parallelism_in, p32.parallelism_out) == ("analytic", 32, 32)
     assert p32.macs_per_cycle == 1024 and p32.bytes_per_element == 1
