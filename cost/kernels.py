@@ -9,15 +9,15 @@ cost nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 
 import onnx_graphsurgeon as gs
 
-from rewriter.analysis.activations import UNARY, match_activation
-from rewriter.cost.opspec import OpSpec
+from rewriter.analysis.blocks import follow_bn_act
+from rewriter.cost.opspec import OpSpec, conv_kind
 from rewriter.graph_io import Model
-from rewriter.graph_query import const_value, conv_info, only_consumer
+from rewriter.graph_query import const_value, conv_info
 
 FREE = {
     "Shape", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout",
@@ -59,16 +59,13 @@ def normalise_act(name: str) -> str:
 
 
 def _absorb(model: Model, tensor: gs.Tensor, used: set[str]) -> tuple[list[gs.Node], str]:
-    """The BN and activation fused after a producing op."""
-    nodes: list[gs.Node] = []
-    nxt = only_consumer(tensor, model.graph.outputs)
-    if nxt is not None and nxt.op == "BatchNormalization" and nxt.name not in used:
-        nodes.append(nxt)
-        tensor = nxt.outputs[0]
-    act = match_activation(tensor, model.graph.outputs)
-    if act is None or any(n.name in used for n in act.nodes):
-        return nodes, ""
-    return nodes + list(act.nodes), act.name
+    """The BN and activation fused after a producing op (an activation already in another
+    kernel stays there)."""
+    chain = follow_bn_act(model, tensor)
+    bn = chain.nodes[:1] if chain.batchnorm else []
+    if not chain.activation or any(n.name in used for n in chain.nodes[len(bn):]):
+        return bn, ""
+    return chain.nodes, chain.activation
 
 
 def decompose(model: Model) -> list[Kernel]:
@@ -83,7 +80,7 @@ def decompose(model: Model) -> list[Kernel]:
         if spec is not None and spec.kind in ("conv", "conv1x1", "dwconv", "groupconv", "gemm"):
             extra, act = _absorb(model, node.outputs[0], used)
             if act:
-                spec = OpSpec(**{**spec.__dict__, "act": normalise_act(act)})
+                spec = replace(spec, act=normalise_act(act))
         if spec is None:
             continue
         members = (node.name, *(n.name for n in extra))
@@ -108,15 +105,7 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
             return OpSpec(kind="conv", **base)
         kh, kw = info.kernel
         base.update(kh=kh, kw=kw, stride=info.strides[0], groups=info.groups)
-        if info.is_depthwise:
-            kind = "dwconv"
-        elif info.groups > 1:
-            kind = "groupconv"
-        elif (kh, kw) == (1, 1):
-            kind = "conv1x1"
-        else:
-            kind = "conv"
-        return OpSpec(kind=kind, **base)
+        return OpSpec(kind=conv_kind(info.cin, info.cout, max(kh, kw), info.groups), **base)
     if node.op == "ConvTranspose":
         weight = const_value(node.inputs[1])
         if weight is not None:
@@ -135,8 +124,4 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
         return OpSpec(kind="resize", **base)
     if node.op == "Concat":
         return OpSpec(kind="concat", **base)
-    if node.op in UNARY or node.op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum",
-                                       "BatchNormalization", "Softmax", "Transpose", "PRelu",
-                                       "Sqrt", "Pad", "Tile", "Expand", "Split", "Where"):
-        return OpSpec(kind="elementwise", **base)
-    return OpSpec(kind="elementwise", **base)
+    return OpSpec(kind="elementwise", **base)  # every other op moves each element once

@@ -18,23 +18,17 @@ import onnx
 
 from rewriter.cost.opspec import OpSpec
 from rewriter.graph_io import Model
+from rewriter.runtime import session
 
 REORDERS = {"ReorderInput", "ReorderOutput"}
 
 
 def onnxruntime_reorders(model: Model, threads: int = 1) -> list[tuple[str, OpSpec]]:
     """(tensor, copy-sized OpSpec) for every layout conversion onnxruntime inserts."""
-    import onnxruntime as ort
-
     shapes = model.shapes
     with tempfile.TemporaryDirectory(prefix="rewriter-layout-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(path)
-        ort.InferenceSession(model.to_onnx().SerializeToString(), options,
-                             providers=["CPUExecutionProvider"])
+        session(model.to_onnx(), threads, optimized_path=str(path))
         optimized = onnx.load(str(path), load_external_data=False)
     found = []
     for node in optimized.graph.node:

@@ -54,6 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from rewriter.cost.opspec import CONV_KINDS, INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec
+from rewriter.runtime import session
 
 OPSET = 13
 META_COLUMNS = ("latency_ms", "device", "threads", "repeats")
@@ -291,18 +292,8 @@ def _inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.nd
 
 
 def _session(model: onnx.ModelProto, threads: int, profile: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "rewriter-measure")
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    prefix = str(Path(tempfile.gettempdir()) / "rewriter-measure") if profile else None
+    return session(model, threads, profile_prefix=prefix)
 
 
 _LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}

@@ -8,14 +8,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 
-def producer(tensor: gs.Tensor) -> gs.Node | None:
-    return tensor.inputs[0] if tensor.inputs else None
-
-
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
-
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
@@ -61,10 +53,6 @@ class ConvInfo:
     def is_depthwise(self) -> bool:
         """groups == Cin and each group has one input channel (any channel multiplier)."""
         return self.groups > 1 and self.groups == self.cin and self.weight.shape[1] == 1
-
-    @property
-    def is_grouped(self) -> bool:
-        return self.groups > 1
 
     @property
     def is_pointwise(self) -> bool:

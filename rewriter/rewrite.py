@@ -37,13 +37,16 @@ def apply_pass(model: Model, rule: Pass, site_ids: Sequence[str] | None = None) 
         wanted = list(initial)
     result = RewriteResult(model=model)
     current = model
+    live: dict[str, Site] | None = initial  # the sites of `current`, found again after a rewrite
     for site_id in wanted:
-        live = {s.id: s for s in rule.sites(current)}
+        if live is None:
+            live = {s.id: s for s in rule.sites(current)}
         site = live.get(site_id)
         if site is None or site.nodes != initial[site_id].nodes:
             result.skipped.append((site_id, "an earlier rewrite changed this site"))
             continue
         current = rule.apply(current, site)
         result.applied.append(site)
+        live = None
     result.model = current
     return result

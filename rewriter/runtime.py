@@ -11,8 +11,11 @@ import onnxruntime as ort
 from rewriter.errors import UnsupportedError
 
 
-def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True
+def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True, *,
+            profile_prefix: str | None = None, optimized_path: str | None = None
             ) -> ort.InferenceSession:
+    """A CPU session; `threads` 0 is onnxruntime's default; `profile_prefix` turns its
+    profiler on; `optimized_path` is where it writes the graph it optimized."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
@@ -20,6 +23,11 @@ def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
     try:
         return ort.InferenceSession(
             proto.SerializeToString(), options, providers=["CPUExecutionProvider"]

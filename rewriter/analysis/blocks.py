@@ -8,7 +8,7 @@ chain. Activations are recognised in any spelling (see activations.py).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import onnx_graphsurgeon as gs
 
@@ -30,12 +30,9 @@ class Block:
     squeeze_excite: bool = False
     batchnorm: bool = False
     activation: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        data = asdict(self)
-        data.pop("extra")
-        return data
+        return asdict(self)
 
 
 @dataclass
@@ -150,8 +147,6 @@ def find_blocks(model: Model) -> list[Block]:
                 squeeze_excite=se is not None,
                 batchnorm=mid.batchnorm,
                 activation=mid.activation,
-                extra={"expand": expand[0].name if expand else None, "depthwise": dw.name,
-                       "project": project.name},
             )
         )
         ibn_nodes.update(n.name for n in all_nodes)
@@ -171,7 +166,6 @@ def find_blocks(model: Model) -> list[Block]:
                 out_channels=info.cout,
                 batchnorm=chain.batchnorm,
                 activation=chain.activation,
-                extra={"groups": info.groups},
             )
         )
     order = {n.name: i for i, n in enumerate(graph.nodes)}

@@ -9,6 +9,7 @@ outputs together, as a runtime without in-place reuse would need.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from math import prod
 
@@ -35,31 +36,69 @@ def _dtype_bytes(tensor: gs.Tensor) -> int:
         return 4
 
 
+NodeIO = tuple[tuple[str, ...], tuple[str, ...]]  # (activation inputs, outputs) of a node
+
+
+def node_io(model: Model) -> list[NodeIO]:
+    return [(tuple(t.name for t in n.inputs if isinstance(t, gs.Variable) and t.name),
+             tuple(t.name for t in n.outputs)) for n in model.graph.nodes]
+
+
+def last_uses(steps: list[NodeIO], outputs: Iterable[str]) -> dict[str, int]:
+    """The step after which each tensor is dead (graph outputs: never)."""
+    last: dict[str, int] = {}
+    for step, (reads, _) in enumerate(steps):
+        for name in reads:
+            last[name] = step
+    for name in outputs:
+        last[name] = len(steps)
+    return last
+
+
+def liveness_peak(steps: list[NodeIO], inputs: Iterable[str], size: Callable[[str], int],
+                  last: Mapping[str, int], skipped: Container[int] = (),
+                  extra_reads: Mapping[int, str] | None = None) -> tuple[int, int]:
+    """(peak live bytes, step reaching it; 0 when the graph inputs alone are the peak).
+
+    `skipped` steps do not run; `extra_reads[step]` is one more tensor that step reads
+    (the search uses both to score a fusion without rebuilding the graph).
+    """
+    extra_reads = extra_reads or {}
+    if extra_reads:
+        last = dict(last)
+        for step, name in extra_reads.items():
+            last[name] = max(last.get(name, -1), step)
+    live = {name: size(name) for name in inputs}
+    unread = tuple(name for name in live if last.get(name, -1) < 0)  # freed after step one
+    current = sum(live.values())
+    peak, peak_step = current, 0
+    for step, (reads, outs) in enumerate(steps):
+        if step in skipped:
+            continue
+        for name in outs:
+            live[name] = size(name)
+            current += live[name]
+        if current > peak:
+            peak, peak_step = current, step
+        extra = (extra_reads[step],) if step in extra_reads else ()
+        for name in (*reads, *extra, *outs, *unread):
+            if name in live and last.get(name, -1) <= step:
+                current -= live.pop(name)
+    return peak, peak_step
+
+
 def peak_activation(model: Model) -> tuple[int, str]:
     shapes = model.shapes
     nodes = model.graph.nodes
-    last_use: dict[str, int] = {}
-    for step, node in enumerate(nodes):
-        for tensor in node.inputs:
-            if isinstance(tensor, gs.Variable) and tensor.name:
-                last_use[tensor.name] = step
-    for tensor in model.graph.outputs:
-        last_use[tensor.name] = len(nodes)
+    tensors = model.graph.tensors()
+    steps = node_io(model)
 
-    def size(tensor: gs.Tensor) -> int:
-        return prod(shapes.get(tensor.name, (0,))) * _dtype_bytes(tensor)
+    def size(name: str) -> int:
+        return prod(shapes.get(name, (0,))) * _dtype_bytes(tensors[name])
 
-    live: dict[str, int] = {t.name: size(t) for t in model.graph.inputs}
-    peak, peak_step = sum(live.values()), nodes[0].name if nodes else ""
-    for step, node in enumerate(nodes):
-        for tensor in node.outputs:
-            live[tensor.name] = size(tensor)
-        current = sum(live.values())
-        if current > peak:
-            peak, peak_step = current, node.name
-        for name in [n for n in live if last_use.get(n, -1) <= step]:
-            del live[name]
-    return int(peak), peak_step
+    peak, step = liveness_peak(steps, [t.name for t in model.graph.inputs], size,
+                               last_uses(steps, [t.name for t in model.graph.outputs]))
+    return int(peak), nodes[step].name if nodes else ""
 
 
 def memory_stats(model: Model) -> MemoryStats:

@@ -14,7 +14,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.graph_io import Model
-from rewriter.graph_query import const_value
 
 # Inputs of these ops that hold learned parameters (by input index; None = all but the first).
 _PARAM_INPUTS: dict[str, tuple[int, ...] | None] = {
@@ -47,28 +46,25 @@ def parameter_tensors(model: Model) -> list[gs.Constant]:
     """
     found: dict[str, gs.Constant] = {}
     for node in model.graph.nodes:
-        wanted = _PARAM_INPUTS.get(node.op, ())
-        for index, tensor in enumerate(node.inputs):
-            if not isinstance(tensor, gs.Constant):
-                continue
-            values = np.asarray(tensor.values)
-            if not np.issubdtype(values.dtype, np.floating):
-                continue
-            if index in (wanted or ()) or values.size > 1:
-                found[tensor.name] = tensor
+        for tensor in _node_parameters(node):
+            found[tensor.name] = tensor
     return list(found.values())
 
 
-def node_params(node: gs.Node) -> int:
-    wanted = _PARAM_INPUTS.get(node.op, ())
-    total = 0
+def _node_parameters(node: gs.Node) -> list[gs.Constant]:
+    wanted = _PARAM_INPUTS.get(node.op) or ()
+    found = []
     for index, tensor in enumerate(node.inputs):
-        values = const_value(tensor)
-        if values is None or not np.issubdtype(values.dtype, np.floating):
+        if not isinstance(tensor, gs.Constant):
             continue
-        if index in (wanted or ()) or values.size > 1:
-            total += int(values.size)
-    return total
+        values = np.asarray(tensor.values)
+        if np.issubdtype(values.dtype, np.floating) and (index in wanted or values.size > 1):
+            found.append(tensor)
+    return found
+
+
+def node_params(node: gs.Node) -> int:
+    return sum(int(np.asarray(t.values).size) for t in _node_parameters(node))
 
 
 def node_macs(model: Model, node: gs.Node) -> int:
