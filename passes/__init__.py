@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 from rewriter.errors import BadInputError
+from rewriter.passes.align_channels_down import AlignChannelsDown
 from rewriter.passes.align_channels_up import AlignChannelsUp
 from rewriter.passes.base import Pass, Site
+from rewriter.passes.depth_multiplier import DepthMultiplier
 from rewriter.passes.dw_to_dense import DepthwiseToDense
 from rewriter.passes.fold_bn import FoldBatchNorm
 from rewriter.passes.fuse_ibn import FuseIBN
@@ -15,18 +17,28 @@ from rewriter.passes.fuse_linear_conv import FuseLinearConv
 
 PASSES: dict[str, type[Pass]] = {
     cls.name: cls
-    for cls in (FoldBatchNorm, DepthwiseToDense, FuseLinearConv, AlignChannelsUp, FuseIBN)
+    for cls in (FoldBatchNorm, DepthwiseToDense, FuseLinearConv, AlignChannelsUp, FuseIBN,
+                AlignChannelsDown, DepthMultiplier)
 }
 EXACT_PASSES = [name for name, cls in PASSES.items() if cls.exact]
 
 
-def get_pass(name: str, multiple: int | None = None) -> Pass:
-    """Build the pass called `name`; `multiple` is P for the channel-alignment passes."""
+def get_pass(name: str, multiple: int | None = None, *,
+             multiplier: float | None = None) -> Pass:
+    """Build the pass called `name`; `multiple` is P for the channel passes (default 32),
+    `multiplier` the factor of depth-multiplier (default 0.5)."""
     cls = PASSES.get(name)
     if cls is None:
         raise BadInputError(f"unknown pass {name!r}; passes are: {', '.join(PASSES)}")
-    if cls is AlignChannelsUp:
-        return cls(multiple) if multiple is not None else cls()
+    if multiplier is not None and cls is not DepthMultiplier:
+        raise BadInputError(f"--multiplier applies to depth-multiplier only, not {name}")
+    options: dict[str, object] = {}
+    if multiple is not None:
+        options["multiple"] = multiple
+    if multiplier is not None:
+        options["multiplier"] = multiplier
+    if cls in (AlignChannelsUp, AlignChannelsDown, DepthMultiplier):
+        return cls(**options)  # type: ignore[call-arg]
     return cls()
 
 

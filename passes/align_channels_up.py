@@ -14,10 +14,13 @@ Groups reaching a model output are frozen, so the model's outputs keep their sha
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import ClassVar
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.analysis.channels import FOLLOWER_INPUTS, NEUTRAL, ChannelGroup, channel_groups
+from rewriter.analysis.channels import FOLLOWER_INPUTS, NEUTRAL, channel_groups, weight_axis
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, is_empty_input
@@ -32,34 +35,47 @@ def _insert(values: np.ndarray, axis: int, at: int, count: int, fill: float) -> 
          np.take(values, range(at, values.shape[axis]), axis=axis)], axis=axis)
 
 
-class AlignChannelsUp(Pass):
-    name = "align-channels-up"
-    exact = True
-    summary = "zero-pad a coupled channel group up to a multiple of P"
+class AlignChannels(Pass):
+    """What align-channels-up and -down share: P, and one site per free group (not frozen,
+    with a producer) whose count the pass would change, its id the group's id."""
+
+    verb: ClassVar[str]  # how the site's description names the change
+    consumers_note: ClassVar[str] = "consumers"
 
     def __init__(self, multiple: int = 32) -> None:
         if multiple < 2:
             raise BadInputError(f"--multiple must be at least 2, not {multiple}")
         self.multiple = multiple
 
+    @abstractmethod
     def target(self, channels: int) -> int:
-        return -(-channels // self.multiple) * self.multiple
+        """The channel count a group of `channels` is aligned to."""
 
     def sites(self, model: Model) -> list[Site]:
         found = []
         for group in channel_groups(model):
             if group.is_frozen or not group.by_role("producer"):
                 continue
-            if group.channels % self.multiple == 0:
+            if self.target(group.channels) == group.channels:
                 continue
             found.append(Site(
                 self.name, group.id, tuple(m.node for m in group.members),
-                f"pad group {group.id} from {group.channels} to {self.target(group.channels)} "
-                f"channels ({len(group.by_role('producer'))} producers, "
-                f"{len(group.by_role('consumer'))} consumers)",
+                f"{self.verb} group {group.id} from {group.channels} to "
+                f"{self.target(group.channels)} channels ({len(group.by_role('producer'))} "
+                f"producers, {len(group.by_role('consumer'))} {self.consumers_note})",
                 {"channels": group.channels, "to": self.target(group.channels)},
             ))
         return found
+
+
+class AlignChannelsUp(AlignChannels):
+    name = "align-channels-up"
+    exact = True
+    summary = "zero-pad a coupled channel group up to a multiple of P"
+    verb = "pad"
+
+    def target(self, channels: int) -> int:
+        return -(-channels // self.multiple) * self.multiple
 
     def apply(self, model: Model, site: Site) -> Model:
         new = model.copy()
@@ -89,14 +105,8 @@ def _replace(node: gs.Node, index: int, values: np.ndarray, namer: Namer, tag: s
 
 def _pad_producer(node: gs.Node, pad: int, namer: Namer) -> None:
     weight = const_value(node.inputs[1])
-    if node.op == "Conv":
-        _replace(node, 1, _insert(weight, 0, weight.shape[0], pad, 0.0), namer, "weight")
-    elif node.op == "ConvTranspose":
-        _replace(node, 1, _insert(weight, 1, weight.shape[1], pad, 0.0), namer, "weight")
-    elif node.op == "Gemm" and node.attrs.get("transB", 0):
-        _replace(node, 1, _insert(weight, 0, weight.shape[0], pad, 0.0), namer, "weight")
-    else:  # Gemm without transB, MatMul: B is [K, N]
-        _replace(node, 1, _insert(weight, 1, weight.shape[1], pad, 0.0), namer, "weight")
+    axis = weight_axis(node, "producer")
+    _replace(node, 1, _insert(weight, axis, weight.shape[axis], pad, 0.0), namer, "weight")
     if len(node.inputs) > 2 and not is_empty_input(node.inputs[2]):
         bias = const_value(node.inputs[2])
         if bias.size > 1:
@@ -108,15 +118,8 @@ def _pad_producer(node: gs.Node, pad: int, namer: Namer) -> None:
 
 def _pad_consumer(node: gs.Node, at: int, pad: int, namer: Namer) -> None:
     weight = const_value(node.inputs[1])
-    if node.op == "Conv":
-        axis = 1
-    elif node.op == "ConvTranspose":
-        axis = 0
-    elif node.op == "Gemm" and node.attrs.get("transB", 0):
-        axis = 1
-    else:
-        axis = 0
-    _replace(node, 1, _insert(weight, axis, at, pad, 0.0), namer, "weight")
+    _replace(node, 1, _insert(weight, weight_axis(node, "consumer"), at, pad, 0.0), namer,
+             "weight")
 
 
 def _pad_follower(node: gs.Node, index: int, at: int, pad: int, namer: Namer, rank: int) -> None:

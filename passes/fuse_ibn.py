@@ -14,15 +14,14 @@ conv over few input channels beats 1x1 + depthwise.
 
 Initial weights compose the linear parts as if the activation were the identity:
 W_F[o, i] = W_D[o, 0] * W_E[o, i] and b_F[o] = b_D[o] + sum(W_D[o, 0]) * b_E[o].
-With calibration data the weights are refitted (rewriter.reconstruct): ridge least squares
-from im2col patches of F's input in the rewritten model (so earlier refits' errors are
-accounted for, not piled up) to D's output in the original model.
+F takes E's node name (so channel groups, named after their first producer, keep their
+ids) and is listed in `model.changes.refit`: rewriter.reconstruct.refit then fits its
+weights from calibration data, by ridge least squares from im2col patches of F's input in
+the rewritten model (so earlier refits' errors are accounted for, not piled up) to D's
+output in the original model.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -33,22 +32,10 @@ from rewriter.graph_query import conv_attrs, conv_info
 from rewriter.passes.base import Namer, Pass, Site, constant, finish
 
 
-@dataclass
-class Calibration:
-    """The original model (BN folded: same function, same tensor names) and its inputs."""
-
-    original: Model
-    batches: Sequence[Mapping[str, np.ndarray]]
-    ridge: float = 1e-3
-
-
 class FuseIBN(Pass):
     name = "fuse-ibn"
     exact = False
     summary = "fuse an IBN's 1x1 expand + act + KxK depthwise into one KxK dense conv"
-
-    def __init__(self, calibration: Calibration | None = None) -> None:
-        self.calibration = calibration
 
     def sites(self, model: Model) -> list[Site]:
         found = []
@@ -85,17 +72,11 @@ class FuseIBN(Pass):
         weight = dw.weight[:, 0][:, None].astype(np.float64) * w_e[:, :, None, None]
         bias = b_d + dw.weight.reshape(dw.cout, -1).sum(1) * b_e
         x, y = e_node.inputs[0], d_node.outputs[0]
-        if self.calibration is not None:
-            from rewriter.reconstruct import collect, fit_conv
-
-            inputs = collect(new, self.calibration.batches, [x.name])[x.name]
-            target = collect(self.calibration.original, self.calibration.batches,
-                             [y.name])[y.name]
-            weight, bias = fit_conv(inputs, target, dw.kernel, dw.strides, dw.pads,
-                                    self.calibration.ridge)
         namer = Namer(new.graph)
         dtype = dw.weight.dtype
-        fused = gs.Node("Conv", name=d_node.name, attrs=conv_attrs(dw, groups=1),
+        # The fused conv takes the expansion conv's name: channel groups are named after
+        # their first producer, so the groups' ids (the channel passes' sites) stay valid.
+        fused = gs.Node("Conv", name=e_node.name, attrs=conv_attrs(dw, groups=1),
                         inputs=[x, constant(namer, f"{d_node.name}.weight_fused_ibn",
                                             weight.astype(dtype)),
                                 constant(namer, f"{d_node.name}.bias_fused_ibn",
@@ -106,4 +87,6 @@ class FuseIBN(Pass):
             old.inputs.clear()
             old.outputs.clear()
         new.graph.nodes.append(fused)
+        new.changes.replace_refit(list(site.nodes), fused.name)
+        new.changes.passes.append(f"{self.name}@{site.id}")
         return finish(new)

@@ -21,6 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
+from rewriter.changes import ArchitectureChanges
 from rewriter.errors import BadInputError, UnsupportedError
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -62,7 +63,9 @@ class Model:
 
     `input_shapes` holds the concrete shape of every graph input used for analysis and
     verification (None where a non-batch dim is still symbolic). Passes never mutate a
-    Model they are given: they `copy()` it and edit the copy.
+    Model they are given: they `copy()` it and edit the copy. `changes` records what
+    architecture changes did relative to the original model (rewriter.changes), for the
+    refit that follows them; it lives in memory only and is never saved to ONNX.
     """
 
     graph: gs.Graph
@@ -70,6 +73,7 @@ class Model:
     ir_version: int
     source: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    changes: ArchitectureChanges = field(default_factory=ArchitectureChanges)
     _shapes: dict[str, Shape] | None = field(default=None, repr=False)
 
     # -- structure -------------------------------------------------------------------
@@ -84,6 +88,7 @@ class Model:
             ir_version=self.ir_version,
             source=self.source,
             metadata=dict(self.metadata),
+            changes=self.changes.copy(),
         )
 
     def node(self, name: str) -> gs.Node:
@@ -91,12 +96,6 @@ class Model:
             if node.name == name:
                 return node
         raise KeyError(name)
-
-    def tensors(self) -> dict[str, gs.Tensor]:
-        return self.graph.tensors()
-
-    def is_graph_output(self, tensor: gs.Tensor) -> bool:
-        return any(t is tensor for t in self.graph.outputs)
 
     def batch_is_symbolic(self) -> bool:
         return any(t.shape is not None and len(t.shape) > 0 and not _is_static(t.shape[0])
@@ -135,8 +134,9 @@ class Model:
         self._shapes = None
 
     # -- export ----------------------------------------------------------------------
-    def to_onnx(self) -> onnx.ModelProto:
-        """Export with symbolic dims kept and intermediate shapes re-inferred."""
+    def to_onnx(self, infer_shapes: bool = True) -> onnx.ModelProto:
+        """Export with symbolic dims kept and (unless asked not to) intermediate shapes
+        re-inferred."""
         self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
         proto = gs.export_onnx(self.graph, do_type_check=False)
         proto.ir_version = self.ir_version
@@ -144,6 +144,8 @@ class Model:
         del proto.metadata_props[:]
         for key, value in self.metadata.items():
             proto.metadata_props.add(key=key, value=value)
+        if not infer_shapes:
+            return proto
         try:
             proto = onnx.shape_inference.infer_shapes(proto)
         except Exception:  # shape inference is advisory here; the checker runs on save
@@ -152,7 +154,7 @@ class Model:
 
 
 def _infer_concrete_shapes(model: Model) -> dict[str, Shape]:
-    proto = model.to_onnx()
+    proto = model.to_onnx(infer_shapes=False)  # inferred below, at the concrete input shapes
     concrete = model.concrete_input_shapes()
     for inp in proto.graph.input:
         if inp.name in concrete:
@@ -160,7 +162,6 @@ def _infer_concrete_shapes(model: Model) -> dict[str, Shape]:
             for dim, size in zip(dims, concrete[inp.name]):
                 dim.Clear()
                 dim.dim_value = size
-    del proto.graph.value_info[:]
     for out in proto.graph.output:
         out.type.tensor_type.ClearField("shape")
     try:
@@ -188,14 +189,9 @@ def _shapes_from_onnxruntime(
     proto: onnx.ModelProto, names: list[str], inputs: Mapping[str, Shape]
 ) -> dict[str, Shape]:
     """Shapes ONNX inference could not resolve, read off one onnxruntime run."""
-    from rewriter.runtime import run_model
+    from rewriter.runtime import run_model, with_outputs
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    probe = with_outputs(proto, names)
     feeds = {
         name: np.zeros(shape, dtype=np.float32) for name, shape in inputs.items()
     }

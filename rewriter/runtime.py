@@ -37,6 +37,17 @@ def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True, *,
         raise UnsupportedError(f"onnxruntime cannot load the model: {first}") from None
 
 
+def with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `proto` that also returns the (intermediate) tensors `names`."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    return probe
+
+
 def run_model(
     proto: onnx.ModelProto,
     feeds: Mapping[str, np.ndarray],
@@ -45,8 +56,14 @@ def run_model(
 ) -> dict[str, np.ndarray]:
     sess = session(proto, optimize=optimize)
     names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
+    return run_session(sess, feeds, names)
+
+
+def run_session(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
+                names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Run an open session (reused across batches), errors as one-line user errors."""
     try:
-        values = sess.run(names, dict(feeds))
+        values = sess.run(list(names), dict(feeds))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"onnxruntime failed to run the model: {first}") from None

@@ -5,8 +5,13 @@
    parameter bytes, peak activations) and rejected when over the memory budget.
 3. Take the best feasible candidate, then drop every rewrite whose removal does not raise
    the estimated latency, so each rewrite kept has a positive gain.
-4. Build it with the real passes, verify it against the original in onnxruntime (exact
-   mode), and estimate the built model for the report.
+4. With architecture changes allowed, hold the candidate to the fidelity floor (the lowest
+   mean cosine similarity of any output to the original's on held-out calibration inputs,
+   after refitting; see `_FidelityGuard`): fidelity cannot be simulated, so it is measured
+   on built, refitted models, as few as the guard needs.
+5. Build it with the real passes, verify the exact rewrites in onnxruntime (against the
+   original, or against the refitted architecture when it changed), and estimate the built
+   model for the report.
 No feasible candidate is a `BudgetError` (exit code 3) naming the binding constraint.
 """
 
@@ -21,15 +26,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rewriter.analysis.memory import MemoryStats
+from rewriter.fidelity import Fidelity, calibration_batches, measure_fidelity
 from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import check_budget
-from rewriter.errors import BadInputError, BudgetError, RewriterError, VerificationError
+from rewriter.errors import BadInputError, BudgetError, VerificationError
 from rewriter.graph_io import Model, load_model
-from rewriter.search.space import Genome, Score, SearchSpace
+from rewriter.search.space import DEFAULT_MULTIPLIERS, Batches, Genome, Score, SearchSpace
 from rewriter.search.strategies import STRATEGIES
 from rewriter.verify import VerificationReport, verify
 
 DEFAULT_CANDIDATES = {"greedy": 20_000, "evolution": 2_000, "random": 2_000}
+DEFAULT_MIN_FIDELITY = 0.99
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,11 @@ class Decision:
     site: str
     description: str
     gain_ms: float
+    exact: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return {"pass": self.pass_name, "site": self.site, "description": self.description,
-                "gain_ms": self.gain_ms}
+                "gain_ms": self.gain_ms, "exact": self.exact}
 
 
 @dataclass
@@ -85,6 +93,10 @@ class Result:
     pareto: list[tuple[float, int, bool]] = field(default_factory=list)
     points: list[tuple[float, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    exact: bool = True
+    fidelity: Fidelity | None = None
+    min_fidelity: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         def summary(e: ModelEstimate) -> dict[str, object]:
@@ -92,10 +104,13 @@ class Result:
                     "peak_activation_bytes": e.peak_activation_bytes}
 
         return {"target": self.target, "strategy": self.strategy, "seed": self.seed,
-                "exact": True, "before": summary(self.before), "after": summary(self.after),
-                "rewrites": [d.to_dict() for d in self.decisions],
+                "exact": self.exact, "before": summary(self.before),
+                "after": summary(self.after), "rewrites": [d.to_dict() for d in self.decisions],
                 "candidates_evaluated": self.evaluated, "elapsed_s": self.elapsed_s,
-                "verification": self.verification.to_dict(), "notes": self.notes}
+                "verification": self.verification.to_dict(),
+                "fidelity": None if self.fidelity is None else {
+                    "min_fidelity": self.min_fidelity, **self.fidelity.to_dict()},
+                "warnings": self.warnings, "notes": self.notes}
 
     def report_data(self, model_name: str, budget: Mapping[str, int | None]) -> dict[str, object]:
         before = {o.name: o.latency_ms for o in self.before.ops}
@@ -187,6 +202,23 @@ def _prune(evaluator: _Evaluator, genome: Genome) -> Genome:
     return genome
 
 
+def _complete(evaluator: _Evaluator, genome: Genome, genes: Sequence[int]) -> Genome:
+    """Greedily switch on those of `genes` that lower the estimated latency (the exact
+    rewrites worth having once the architecture changes are fixed)."""
+    while True:
+        best_ms, best = evaluator.score(genome).latency_ms, None
+        for index in genes:
+            if genome[index]:
+                continue
+            trial = genome[:index] + (1,) + genome[index + 1:]
+            score = evaluator(trial)
+            if score is not None and score.latency_ms < best_ms - 1e-12:
+                best_ms, best = score.latency_ms, trial
+        if best is None:
+            return genome
+        genome = best
+
+
 def _pareto(scores: Mapping[Genome, Score], feasible, chosen: Genome
             ) -> list[tuple[float, int, bool]]:
     points = sorted((s.latency_ms, s.memory_bytes, g == chosen)
@@ -214,6 +246,82 @@ def _no_candidate(evaluator: _Evaluator) -> BudgetError:
                        f"{binding.describe()} (exact rewrites cannot shrink this model further)")
 
 
+class _FidelityGuard:
+    """Keep the architecture changes that buy the most latency per unit of fidelity lost,
+    while the refitted model's fidelity stays at or above the floor.
+
+    Fidelity is measured, never simulated: each measurement builds the architecture
+    changes, refits their weights on the fitting inputs and compares every output with the
+    original's on the held-out inputs (cached per set of changes). If the search's choice
+    misses the floor: measure each change alone (its sensitivity), rank the changes that
+    pass alone by latency gain / (1 - cosine), and keep the longest prefix of that ranking
+    that passes (binary search, assuming fidelity falls as changes are added; the prefix
+    kept is measured, so the floor holds whether or not it does).
+    """
+
+    def __init__(self, space: SearchSpace, evaluator: _Evaluator, fit: Batches, held: Batches,
+                 floor: float) -> None:
+        self.space, self.evaluator = space, evaluator
+        self.fit, self.held, self.floor = fit, held, floor
+        self.cache: dict[frozenset[int], Fidelity] = {}
+
+    def _with(self, base: Genome, genes: Sequence[int]) -> Genome:
+        genome = list(base)
+        for index in genes:
+            genome[index] = 1
+        return tuple(genome)
+
+    def measure(self, base: Genome, genes: Sequence[int]) -> Fidelity:
+        key = frozenset(genes)
+        if key not in self.cache:
+            model = self.space.build_architecture(self._with(base, genes), self.fit)
+            self.cache[key] = measure_fidelity(self.space.canonical, model, self.held)
+        return self.cache[key]
+
+    def passes(self, base: Genome, genes: Sequence[int]) -> bool:
+        return (self.evaluator(self._with(base, genes)) is not None
+                and self.measure(base, genes).min_cosine >= self.floor)
+
+    def choose(self, genome: Genome) -> Genome:
+        space = self.space
+        chosen = space.architecture_genes(genome)
+        base = space.exact_part(genome)
+        if not chosen or self.passes(base, chosen):
+            return genome
+        candidates = set(chosen) | {i for i, g in enumerate(space.genes)
+                                    if g.pass_name == "depth-multiplier"}
+        base_ms = self.evaluator.score(base).latency_ms
+        ranked = []
+        for index in candidates:
+            gain = base_ms - self.evaluator.score(self._with(base, [index])).latency_ms
+            if gain > 0 and self.passes(base, [index]):
+                loss = 1.0 - self.measure(base, [index]).min_cosine
+                ranked.append((-gain / max(loss, 1e-9), index))
+        order = [index for _, index in sorted(ranked)]
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.passes(base, order[:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return self._with(base, order[:lo])
+
+
+def _calibration(model: Model, calibration: str | Path | Batches | None, seed: int
+                 ) -> tuple[Batches, Batches, list[str]]:
+    """Calibration batches split 3:1 into fitting and held-out parts."""
+    if calibration is None or isinstance(calibration, (str, Path)):
+        batches, warnings = calibration_batches(
+            model, None if calibration is None else str(calibration), seed=seed)
+    else:
+        batches, warnings = list(calibration), []
+    if len(batches) < 2:
+        raise BadInputError("calibration needs at least 2 batches of 4 inputs (8 samples)")
+    cut = max(1, len(batches) * 3 // 4)
+    return batches[:cut], batches[cut:], warnings
+
+
 def optimize(
     model: Model | str | Path,
     target: str | Path | Target = "npu-p32",
@@ -227,11 +335,21 @@ def optimize(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
+    min_fidelity: float = DEFAULT_MIN_FIDELITY,
+    calibration: str | Path | Batches | None = None,
+    multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
+    passes: Sequence[str] | None = None,
 ) -> Result:
-    """Choose the exact rewrites that lower `model`'s estimated latency on `target`."""
-    if not exact:
-        raise RewriterError("architecture-changing rewrites (fused-IBN, pruning, depth "
-                            "multiplier) are not built yet; run in exact mode")
+    """Choose the rewrites that lower `model`'s estimated latency on `target`.
+
+    exact=True keeps to rewrites that preserve the function. exact=False also allows
+    architecture changes (fuse-ibn, align-channels-down, depth-multiplier at `multipliers`),
+    their weights refitted on `calibration` (an .npz path or batches; None: seeded random
+    inputs, with a warning), holding the fidelity on held-out inputs at `min_fidelity`.
+    `passes` limits the search to those passes (default: all the mode allows).
+    """
+    if not 0.0 <= min_fidelity <= 1.0:
+        raise BadInputError(f"--min-fidelity must be within [0, 1], not {min_fidelity}")
     if strategy not in STRATEGIES:
         raise BadInputError(f"unknown strategy {strategy!r}; strategies are: "
                             f"{', '.join(STRATEGIES)}")
@@ -241,7 +359,8 @@ def optimize(
     if budget.candidates is None and budget.seconds is None:
         budget = Budget(candidates=DEFAULT_CANDIDATES[strategy])
     start = time.perf_counter()
-    space = SearchSpace(original, resolved)
+    space = SearchSpace(original, resolved, architecture=not exact, multipliers=multipliers,
+                        passes=passes)
     evaluator = _Evaluator(space, (max_param_bytes, max_activation_bytes), budget, progress)
     try:
         STRATEGIES[strategy](evaluator, len(space), evaluator.exhausted, random.Random(seed))
@@ -251,23 +370,55 @@ def optimize(
     if evaluator.best is None:
         raise _no_candidate(evaluator)
     genome = _prune(evaluator, evaluator.best[0])
+    fit: Batches | None = None
+    held: Batches = []
+    warnings: list[str] = []
+    notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
+    if not exact:
+        fit, held, warnings = _calibration(space.canonical, calibration, seed)
+        guard = _FidelityGuard(space, evaluator, fit, held, min_fidelity)
+        chosen = guard.choose(genome)
+        if evaluator(chosen) is None:
+            raise BudgetError(f"no candidate meets the memory budget at fidelity >= "
+                              f"{min_fidelity}: only architecture changes that lose more "
+                              "fidelity would fit; lower --min-fidelity or raise the budget")
+        if chosen != genome:
+            notes.append(f"architecture changes cut back to hold fidelity >= {min_fidelity}")
+            exact_genes = [i for i, gene in enumerate(space.genes) if gene.exact]
+            chosen = _complete(evaluator, chosen, exact_genes)
+        genome = _prune(evaluator, chosen)
+        notes.append(f"fidelity measured on {len(guard.cache)} refitted candidates")
     final = evaluator.score(genome)
     decisions = []
     for index in space.active(genome):
         without = evaluator.score(genome[:index] + (0,) + genome[index + 1:])
         gene = space.genes[index]
         decisions.append(Decision(gene.pass_name, gene.site, gene.description,
-                                  without.latency_ms - final.latency_ms))
-    built = space.build(genome)
-    report = verify(original, built, inputs, seed=seed)
-    if not report.passed:
+                                  without.latency_ms - final.latency_ms, gene.exact))
+    changed = [d for d in decisions if not d.exact]
+    architecture = space.build_architecture(genome, fit) if changed else original
+    built = space.build_exact(architecture if changed else space.canonical, genome)
+    report = verify(architecture, built, inputs, seed=seed)
+    if changed and report.refused:
+        # The refitted model is the reference here and may be ill-conditioned where the
+        # original was not; its fidelity to the original is measured below either way.
+        notes.append(f"the exact rewrites could not be verified against the refitted "
+                     f"model: {report.refused}")
+    elif not report.passed:
         raise VerificationError(f"the optimized model does not match the original: "
                                 f"{report.summary()}; nothing written")
+    fidelity = None
+    if changed:
+        fidelity = measure_fidelity(original, built, held)
+        built.metadata["rewriter.architecture_changed"] = (
+            ",".join(f"{d.pass_name}@{d.site}" for d in changed) + "; fine-tune before use")
+        notes.append("architecture changed: the exact rewrites were verified against the "
+                     "refitted model; fidelity to the original is measured on held-out "
+                     "calibration inputs; fine-tune before use")
     built.metadata["rewriter.optimize"] = (
         f"target={resolved.name};strategy={strategy};seed={seed};rewrites="
         + ",".join(f"{d.pass_name}@{d.site}" for d in decisions))
     before, after = resolved.estimate(original), resolved.estimate(built)
-    notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
     if abs(after.latency_ms - final.latency_ms) > 1e-6 * max(1.0, final.latency_ms):
         notes.append(f"search estimate {final.latency_ms:.4f} ms differs from the built "
                      f"model's {after.latency_ms:.4f} ms")
@@ -277,4 +428,5 @@ def optimize(
         before=before, after=after, verification=report, evaluated=len(evaluator.scores),
         elapsed_s=time.perf_counter() - start, trace=evaluator.trace,
         pareto=_pareto(evaluator.scores, evaluator.feasible, genome), points=points[:5000],
-        notes=notes)
+        notes=notes, exact=exact, fidelity=fidelity, min_fidelity=None if exact else min_fidelity,
+        warnings=warnings)

@@ -11,7 +11,9 @@ The driver hands over a JSON-like dict::
     pareto: [{latency_ms, memory_bytes, chosen}]   optional (memory = params + peak activations)
     candidates: [{latency_ms, memory_bytes}]       optional, subsampled for the chart
     verification: {passed, max_relative_error, summary}; budget: {max_param_bytes,
-    max_activation_bytes}; fidelity: {...}; notes: [str]                  optional
+    max_activation_bytes}; notes: [str]                                  optional
+    fidelity: {min_cosine, min_fidelity, outputs: [{name, cosine, relative_l2,
+    top1_agreement}]} (an architecture change), or any {key: value}         optional
 
 Both formats are rendered from the same format-neutral sections (facts, tables, charts,
 lines of text), so every number is computed and formatted once. HTML draws the charts as
@@ -351,6 +353,23 @@ def _fidelity_section(data: Mapping[str, Any]) -> Section | None:
     fidelity = data.get("fidelity")
     if not isinstance(fidelity, Mapping) or not fidelity:
         return None
+    outputs = _items(fidelity, "outputs")
+    if outputs:  # an architecture change: how far the model is from the original
+        facts = Facts((
+            ("Lowest mean cosine similarity", _n(_fmt_value(fidelity.get("min_cosine")))),
+            ("Floor (--min-fidelity)", _n(_fmt_value(fidelity.get("min_fidelity")))),
+        ))
+        rows = tuple((_code(o.get("name")), _n(_fmt_value(o.get("cosine"))),
+                      _n(_fmt_value(o.get("relative_l2"))),
+                      _n(NA if o.get("top1_agreement") is None
+                         else _fmt_pct(100 * float(o["top1_agreement"]), signed=False)))
+                     for o in outputs)
+        line = ("The architecture changed: weights were refitted from calibration data and "
+                "every output compared with the original's on held-out inputs. Fine-tune "
+                "before use.")
+        return Section("fidelity", "Fidelity to the original",
+                       (Lines((line,)), facts,
+                        Table(("Output", "Cosine", "Relative L2", "Top-1 agreement"), rows)))
     rows = tuple((Cell(str(key)), Cell(_fmt_value(value))) for key, value in fidelity.items())
     return Section("fidelity", "Cost-model fidelity", (Table(("Key", "Value"), rows),))
 
@@ -359,8 +378,11 @@ def _rewrite_row(rank: int, rewrite: Mapping[str, Any], before: float | None) ->
     gain = _num(rewrite.get("gain_ms"))
     share = None if gain is None or not before else gain / before * 100
     description = rewrite.get("description")
+    description = "" if description is None else str(description)
+    if rewrite.get("exact") is False:
+        description += " (architecture change)"
     return (_n(str(rank)), _code(rewrite.get("pass")), _code(rewrite.get("site")),
-            Cell("" if description is None else str(description)),
+            Cell(description),
             _n(_fmt_ms(gain)), _n(_fmt_pct(share, signed=False)))
 
 

@@ -1,39 +1,54 @@
-"""The search space of exact rewrites, and candidates scored without rebuilding the graph.
+"""The search space of rewrites, and candidates scored without rebuilding the graph.
 
 The space is built on the model's canonical form (every BatchNormalization folded: exact,
-and free on targets that fuse BN into the conv). It has one gene per rewrite site:
-align-channels-up per free channel group whose count is not a multiple of the target's P
-(pad to the next multiple), dw-to-dense per depthwise/grouped conv, fuse-linear-conv per
-linear 1x1 -> conv pair. Genes are applied in that order; where two genes want the same
-conv (fusing a 1x1 into a depthwise conv that another gene would make dense), the fusion
-wins and the other gene is inert, so every genome is a valid model.
+and free on targets that fuse BN into the conv). It has one gene per rewrite site.
+Exact genes: align-channels-up per free channel group whose count is not a multiple of the
+target's P (pad to the next multiple), dw-to-dense per depthwise/grouped conv,
+fuse-linear-conv per linear 1x1 -> conv pair. With architecture changes allowed, also:
+depth-multiplier per multiplier (every free group scaled and rounded to multiples of P),
+align-channels-down per unaligned group (prune to the multiple below), fuse-ibn per
+inverted bottleneck (1x1 expand + act + depthwise -> one dense conv).
+
+Genes are built in this order: depth-multiplier, align-channels-down, fuse-ibn (then the
+weights they changed are refitted), align-channels-up, dw-to-dense, fuse-linear-conv.
+Where two genes want the same thing, the first in that order wins and the other is inert,
+so every genome is a valid model: the smallest active multiplier wins over the others and
+over align-channels-down on the groups it changes; padding up applies only to a group
+that is still unaligned; a fusion wins over dw-to-dense on its depthwise conv; fuse-ibn
+wins over fuse-linear-conv on its expansion conv.
 
 A candidate is scored from the canonical model's kernels: each gene changes the channel
 counts, groups or inputs of the kernels it touches, and the changed kernel specs are looked
 up in the target's per-signature cache. Peak activations come from liveness over the
 kernels' tensors; parameter bytes from the kernels' weight deltas. The chosen genome is
-then built with the real passes and verified (search/driver.py).
+then built with the real passes (search/driver.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from math import prod
+from typing import Mapping, Sequence
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.analysis.channels import analyse_channels
-from rewriter.analysis.memory import memory_stats
+from rewriter.analysis.memory import last_uses, liveness_peak, memory_stats, node_io
 from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.opspec import OpSpec
+from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.passes import get_pass
+from rewriter.passes import PASSES, get_pass
 from rewriter.rewrite import apply_pass
 
-ORDER = ("align-channels-up", "dw-to-dense", "fuse-linear-conv")
+EXACT_ORDER = ("align-channels-up", "dw-to-dense", "fuse-linear-conv")
+ARCHITECTURE_ORDER = ("depth-multiplier", "align-channels-down", "fuse-ibn")
+DEFAULT_MULTIPLIERS = (0.75, 0.5)
 
 Genome = tuple[int, ...]
+Batches = Sequence[Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ class Gene:
     pass_name: str
     site: str
     description: str
+    exact: bool = True
+    multiplier: float | None = None  # depth-multiplier genes only
 
 
 @dataclass(frozen=True)
@@ -61,10 +78,31 @@ class _KernelInfo:
     output: str  # the tensor its last node writes
 
 
+@dataclass(frozen=True)
+class _Fusion:
+    first: int  # kernel removed
+    second: int  # kernel that becomes a dense conv reading the first one's input
+    border: bool  # fuse-linear-conv's exact border bias map (an Add)
+    removed_nodes: tuple[str, ...]  # nodes of the first kernel (conv and its activation)
+
+
+@dataclass(frozen=True)
+class _State:
+    """What a genome does once conflicts are settled."""
+
+    effective: frozenset[int]
+    channels: dict[str, int]  # group id -> channels, where changed
+    fusions: dict[int, _Fusion]  # second kernel -> fusion
+    dense: frozenset[int]  # kernels made dense
+
+
 class SearchSpace:
-    def __init__(self, model: Model, target: Target) -> None:
+    def __init__(self, model: Model, target: Target, *, architecture: bool = False,
+                 multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
+                 passes: Sequence[str] | None = None) -> None:
         self.original = model
         self.target = target
+        self.architecture = architecture
         self.multiple = target.profile.parallelism_out
         self.canonical = apply_pass(model, get_pass("fold-bn")).model
         self.kernels = [self._info(k) for k in decompose(self.canonical)]
@@ -76,40 +114,57 @@ class SearchSpace:
         self.inputs = [t.name for t in self.canonical.graph.inputs]
         self.outputs = {t.name for t in self.canonical.graph.outputs}
         self.genes: list[Gene] = []
-        self._align: dict[int, tuple[str, int]] = {}  # gene -> (group id, pad)
+        self._align_up: dict[int, str] = {}  # gene -> group id
+        self._align_down: dict[int, tuple[str, int]] = {}  # gene -> (group id, channels)
+        self._multiplier: dict[int, dict[str, int]] = {}  # gene -> {group id: channels}
         self._dense: dict[int, int] = {}  # gene -> kernel index
-        self._fuse: dict[int, tuple[int, int, bool]] = {}  # gene -> (a, b, border)
+        self._fuse: dict[int, _Fusion] = {}  # fuse-linear-conv and fuse-ibn genes
+        self._ibn: set[int] = set()
         by_node = {k.kernel.nodes[0]: i for i, k in enumerate(self.kernels)}
-        for name in ORDER:
-            rule = get_pass(name, self.multiple)
-            for site in rule.sites(self.canonical):
-                index = len(self.genes)
-                if name == "align-channels-up":
-                    pad = int(site.detail["to"]) - int(site.detail["channels"])
-                    self._align[index] = (site.id, pad)
-                elif name == "dw-to-dense":
-                    if site.nodes[0] not in by_node:
-                        continue
-                    self._dense[index] = by_node[site.nodes[0]]
-                else:
-                    a, b = site.nodes
-                    if a not in by_node or b not in by_node:
-                        continue
-                    self._fuse[index] = (by_node[a], by_node[b], bool(site.detail["border_term"]))
-                self.genes.append(Gene(name, site.id, site.description))
+        order = (*ARCHITECTURE_ORDER, *EXACT_ORDER) if architecture else EXACT_ORDER
+        if passes is not None:
+            unknown = sorted(set(passes) - set(order))
+            if unknown:
+                raise BadInputError(
+                    f"the search cannot use pass {', '.join(map(repr, unknown))}"
+                    f"{'' if architecture else ' in exact mode'}; it can use: {', '.join(order)}")
+            order = tuple(name for name in order if name in passes)
+        for name in order:
+            levels = multipliers if name == "depth-multiplier" else (None,)
+            for level in levels:
+                rule = (get_pass(name, self.multiple, multiplier=level) if level is not None
+                        else get_pass(name, self.multiple))
+                for site in rule.sites(self.canonical):
+                    if self._add_gene(len(self.genes), name, site, by_node):
+                        self.genes.append(Gene(name, site.id, site.description,
+                                               PASSES[name].exact, level))
         self.base_ms = [target.kernel(k.kernel.spec)[0] for k in self.kernels]
-        nodes = self.canonical.graph.nodes
-        self._step = {n.name: i for i, n in enumerate(nodes)}
-        self._node_io = [
-            (tuple(t.name for t in n.inputs if isinstance(t, gs.Variable) and t.name),
-             tuple(t.name for t in n.outputs)) for n in nodes]
-        self._last_use: dict[str, int] = {}
-        for step, (reads, _) in enumerate(self._node_io):
-            for name in reads:
-                self._last_use[name] = step
-        for name in self.outputs:
-            self._last_use[name] = len(nodes)
+        self._step = {n.name: i for i, n in enumerate(self.canonical.graph.nodes)}
+        self._node_io = node_io(self.canonical)
+        self._last_use = last_uses(self._node_io, self.outputs)
         self.base_param_bytes = memory_stats(self.canonical).param_bytes
+
+    def _add_gene(self, index: int, name: str, site, by_node: dict[str, int]) -> bool:
+        detail = site.detail
+        if name == "align-channels-up":
+            self._align_up[index] = site.id
+        elif name == "align-channels-down":
+            self._align_down[index] = (site.id, int(detail["to"]))
+        elif name == "depth-multiplier":
+            self._multiplier[index] = {g: int(c[1]) for g, c in dict(detail["groups"]).items()}
+        elif name == "dw-to-dense":
+            if site.nodes[0] not in by_node:
+                return False
+            self._dense[index] = by_node[site.nodes[0]]
+        else:  # the fusions: site.nodes = (first conv, [its activation...], second conv)
+            first, second = site.nodes[0], site.nodes[-1]
+            if first not in by_node or second not in by_node:
+                return False
+            self._fuse[index] = _Fusion(by_node[first], by_node[second],
+                                        bool(detail.get("border_term", False)), site.nodes[:-1])
+            if name == "fuse-ibn":
+                self._ibn.add(index)
+        return True
 
     def _info(self, kernel: Kernel) -> _KernelInfo:
         first, last = self.canonical.node(kernel.nodes[0]), self.canonical.node(kernel.nodes[-1])
@@ -122,100 +177,142 @@ class SearchSpace:
     def empty(self) -> Genome:
         return (0,) * len(self.genes)
 
+    # -- conflicts -------------------------------------------------------------------
+    def _state(self, genome: Genome) -> _State:
+        effective: set[int] = set()
+        channels: dict[str, int] = {}
+        multipliers = [i for i in self._multiplier if genome[i]]
+        if multipliers:
+            chosen = min(multipliers, key=lambda i: self.genes[i].multiplier or 1.0)
+            effective.add(chosen)
+            channels.update(self._multiplier[chosen])
+        for i, (group, to) in self._align_down.items():
+            if genome[i] and group not in channels:
+                effective.add(i)
+                channels[group] = to
+        for i, group in self._align_up.items():
+            current = channels.get(group, self.channels0[group])
+            if genome[i] and current % self.multiple:
+                effective.add(i)
+                channels[group] = -(-current // self.multiple) * self.multiple
+        fusions: dict[int, _Fusion] = {}
+        ibn_nodes: set[int] = set()
+        for i in self._ibn:
+            if genome[i]:
+                fusion = self._fuse[i]
+                effective.add(i)
+                fusions[fusion.second] = fusion
+                ibn_nodes.update((fusion.first, fusion.second))
+        for i, fusion in self._fuse.items():
+            if (genome[i] and i not in self._ibn and fusion.first not in ibn_nodes
+                    and fusion.second not in ibn_nodes):
+                effective.add(i)
+                fusions[fusion.second] = fusion
+        dense = set()
+        for i, kernel in self._dense.items():
+            if genome[i] and kernel not in fusions:
+                effective.add(i)
+                dense.add(kernel)
+        return _State(frozenset(effective), channels, fusions, frozenset(dense))
+
+    def active(self, genome: Genome) -> list[int]:
+        """Genes that take effect (the others are overridden by a conflicting gene)."""
+        return sorted(self._state(genome).effective)
+
     # -- scoring ---------------------------------------------------------------------
-    def _channels(self, tensor: str, pads: dict[str, int], default: int) -> int:
+    def _channels(self, tensor: str, groups: dict[str, int], default: int) -> int:
         segments = self.layout.get(tensor)
         if not segments:
             return default
-        return sum(width + pads.get(group, 0) for group, width in segments)
+        return sum(groups.get(group, width) for group, width in segments)
 
     def score(self, genome: Genome) -> Score:
-        pads = {self._align[i][0]: self._align[i][1] for i in self._align if genome[i]}
-        fused_b = {b: (a, border) for i, (a, b, border) in self._fuse.items() if genome[i]}
-        removed = {a for a, _ in fused_b.values()}
-        dense = {k for i, k in self._dense.items() if genome[i] and k not in fused_b}
+        state = self._state(genome)
+        groups, fusions = state.channels, state.fusions
+        removed = {f.first for f in fusions.values()}
         latency = 0.0
         weight_delta = 0
         for index, info in enumerate(self.kernels):
             if index in removed:
                 continue
             spec = info.kernel.spec
-            cin = self._channels(info.input, pads, spec.cin)
-            cout = self._channels(info.output, pads, spec.cout)
-            kind, groups = spec.kind, spec.groups
+            cin = self._channels(info.input, groups, spec.cin)
+            cout = self._channels(info.output, groups, spec.cout)
+            kind, groups_attr = spec.kind, spec.groups
             if spec.kind == "dwconv" and spec.cin == spec.cout:
-                groups = cin
-            if index in fused_b:
-                a, border = fused_b[index]
-                source = self.kernels[a]
-                cin = self._channels(source.input, pads, source.kernel.spec.cin)
+                groups_attr = cin
+            fusion = fusions.get(index)
+            if fusion is not None:
+                source = self.kernels[fusion.first]
+                cin = self._channels(source.input, groups, source.kernel.spec.cin)
                 weight_delta -= source.kernel.spec.weight_elements
-                if border:
+                if fusion.border:
                     latency += self.target.kernel(OpSpec(
                         kind="elementwise", n=spec.n, cin=cout, cout=cout, h_in=spec.h_out,
                         w_in=spec.w_out, h_out=spec.h_out, w_out=spec.w_out, n_inputs=2))[0]
                     weight_delta += cout * spec.h_out * spec.w_out
-            if index in dense or index in fused_b:
-                groups = 1
+            if index in state.dense or fusion is not None:
+                groups_attr = 1
                 kind = "conv1x1" if (spec.kh, spec.kw) == (1, 1) else "conv"
-            if (cin, cout, groups, kind) == (spec.cin, spec.cout, spec.groups, spec.kind):
+            if (cin, cout, groups_attr, kind) == (spec.cin, spec.cout, spec.groups, spec.kind):
                 latency += self.base_ms[index]
             else:
-                new = replace(spec, cin=cin, cout=cout, groups=groups, kind=kind)
+                new = replace(spec, cin=cin, cout=cout, groups=groups_attr, kind=kind)
                 latency += self.target.kernel(new)[0]
                 weight_delta += new.weight_elements - spec.weight_elements
-        skipped = {self._step[self.kernels[a].kernel.nodes[0]] for a in removed}
-        redirect = {self._step[self.kernels[b].kernel.nodes[0]]: self.kernels[a].input
-                    for b, (a, _) in fused_b.items()}
+        skipped = {self._step[name] for f in fusions.values() for name in f.removed_nodes}
+        redirect = {self._step[self.kernels[b].kernel.nodes[0]]: self.kernels[f.first].input
+                    for b, f in fusions.items()}
         return Score(latency, self.base_param_bytes + 4 * weight_delta,
-                     self._peak(pads, skipped, redirect))
+                     self._peak(groups, skipped, redirect))
 
-    def _scaled(self, tensor: str, pads: dict[str, int]) -> int:
+    def _scaled(self, tensor: str, groups: dict[str, int]) -> int:
         base = self.size0.get(tensor, 0)
         segments = self.layout.get(tensor)
-        if not segments or not pads:
+        if not segments or not groups:
             return base
         c0 = sum(w for _, w in segments)
-        return base * self._channels(tensor, pads, c0) // max(c0, 1)
+        return base * self._channels(tensor, groups, c0) // max(c0, 1)
 
-    def _peak(self, pads: dict[str, int], skipped: set[int], redirect: dict[int, str]) -> int:
+    def _peak(self, groups: dict[str, int], skipped: set[int], redirect: dict[int, str]) -> int:
         """Node-level liveness, as rewriter.analysis.memory computes it on a built model."""
-        last = self._last_use
-        if redirect:
-            last = dict(last)
-            for step, tensor in redirect.items():
-                last[tensor] = max(last.get(tensor, -1), step)
-        live = {name: self._scaled(name, pads) for name in self.inputs}
-        current = sum(live.values())
-        peak = current
-        for step, (reads, outs) in enumerate(self._node_io):
-            if step in skipped:
-                continue
-            for name in outs:
-                size = self._scaled(name, pads)
-                live[name] = size
-                current += size
-            peak = max(peak, current)
-            extra = (redirect[step],) if step in redirect else ()
-            for name in (*reads, *extra, *outs):
-                if name in live and last.get(name, -1) <= step:
-                    current -= live.pop(name)
-        return peak
+        return liveness_peak(self._node_io, self.inputs, lambda name: self._scaled(name, groups),
+                             self._last_use, skipped, redirect)[0]
 
     # -- building ----------------------------------------------------------------------
-    def active(self, genome: Genome) -> list[int]:
-        """Genes that take effect (a dense gene under a fusion does not)."""
-        fused_b = {b for i, (_, b, _) in self._fuse.items() if genome[i]}
-        return [i for i, bit in enumerate(genome)
-                if bit and not (i in self._dense and self._dense[i] in fused_b)]
+    def exact_part(self, genome: Genome) -> Genome:
+        """The genome with every architecture-changing gene off."""
+        return tuple(bit if self.genes[i].exact else 0 for i, bit in enumerate(genome))
 
-    def build(self, genome: Genome) -> Model:
-        """The canonical model with the genome's rewrites applied by the real passes."""
-        model = self.canonical
-        chosen = set(self.active(genome))
-        for name in ORDER:
-            ids = [self.genes[i].site for i in range(len(self.genes))
-                   if i in chosen and self.genes[i].pass_name == name]
-            if ids:
-                model = apply_pass(model, get_pass(name, self.multiple), ids).model
+    def architecture_genes(self, genome: Genome) -> list[int]:
+        return [i for i in self.active(genome) if not self.genes[i].exact]
+
+    def _apply(self, model: Model, chosen: set[int], names: Sequence[str]) -> Model:
+        for name in names:
+            picked = [i for i in sorted(chosen) if self.genes[i].pass_name == name]
+            if name == "depth-multiplier":
+                for i in picked:  # at most one is effective
+                    rule = get_pass(name, self.multiple, multiplier=self.genes[i].multiplier)
+                    model = apply_pass(model, rule, [self.genes[i].site]).model
+            elif picked:
+                model = apply_pass(model, get_pass(name, self.multiple),
+                                   [self.genes[i].site for i in picked]).model
         return model
+
+    def build_architecture(self, genome: Genome, calibration: Batches | None = None) -> Model:
+        """The canonical model with the genome's architecture changes applied and, given
+        calibration batches, the weights they changed refitted layer by layer."""
+        model = self._apply(self.canonical, set(self.active(genome)), ARCHITECTURE_ORDER)
+        if calibration is not None and model.changes.refit:
+            from rewriter.reconstruct import refit
+
+            model = refit(self.canonical, model, calibration)
+        return model
+
+    def build_exact(self, model: Model, genome: Genome) -> Model:
+        """The genome's exact rewrites applied on `model` (from `build_architecture`)."""
+        return self._apply(model, set(self.active(genome)), EXACT_ORDER)
+
+    def build(self, genome: Genome, calibration: Batches | None = None) -> Model:
+        """The canonical model with the genome's rewrites applied by the real passes."""
+        return self.build_exact(self.build_architecture(genome, calibration), genome)

@@ -19,3 +19,26 @@ def real_models() -> dict[str, Path]:
         if os.environ.get("REWRITER_OFFLINE"):
             pytest.skip("REWRITER_OFFLINE set and the rapidocr wheel is not cached")
         raise
+
+
+@pytest.fixture(scope="session")
+def mnv2_folded():
+    """MobileNetV2 0.5/96 from the zoo with BatchNorm folded: the architecture passes'
+    canonical input, small enough that a refit takes a fraction of a second."""
+    from rewriter import zoo
+    from rewriter.graph_io import model_from_proto
+    from rewriter.passes import get_pass
+    from rewriter.rewrite import apply_pass
+
+    model = model_from_proto(zoo.build("mobilenetv2", width=0.5, resolution=96))
+    return apply_pass(model, get_pass("fold-bn")).model
+
+
+@pytest.fixture(scope="session")
+def mnv2_data(mnv2_folded):
+    """(fitting, held-out) random calibration batches for `mnv2_folded`: 16 inputs each."""
+    from rewriter.fidelity import calibration_batches
+
+    fit, _ = calibration_batches(mnv2_folded, None, count=16, batch=4, seed=0)
+    held, _ = calibration_batches(mnv2_folded, None, count=16, batch=4, seed=1)
+    return fit, held

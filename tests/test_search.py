@@ -10,7 +10,7 @@ import pytest
 from rewriter import zoo
 from rewriter.cli import main
 from rewriter.cost.estimate import Target
-from rewriter.errors import BadInputError, BudgetError, RewriterError
+from rewriter.errors import BadInputError, BudgetError
 from rewriter.graph_io import load_model
 from rewriter.search import Budget, optimize
 from rewriter.search.space import SearchSpace
@@ -103,8 +103,8 @@ def test_bad_arguments(npu32):
     model = load(zoo.build("mobilenetv2", **SMALL))
     with pytest.raises(BadInputError, match="unknown strategy"):
         optimize(model, npu32, strategy="annealing")
-    with pytest.raises(RewriterError, match="not built yet"):
-        optimize(model, npu32, exact=False)
+    with pytest.raises(BadInputError, match="min-fidelity"):
+        optimize(model, npu32, exact=False, min_fidelity=1.5)
     for text in ("0", "-5", "abc", "5m"):
         with pytest.raises(BadInputError):
             Budget.parse(text)
@@ -136,7 +136,7 @@ def test_cli_optimize_json_and_exit_codes(tmp_path, capsys):
                  "--max-activations", "64K"]) == 3
     assert "peak activations" in capsys.readouterr().err and not bad.exists()
     assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(bad),
-                 "--allow-architecture-changes"]) == 2
+                 "--allow-architecture-changes", "--min-fidelity", "2"]) == 2
     assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(bad),
                  "--budget", "soon"]) == 2
 

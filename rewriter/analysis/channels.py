@@ -40,6 +40,29 @@ FOLLOWER_INPUTS: dict[str, dict[int, float]] = {
 NEUTRAL = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Pow": 1.0, "Max": 0.0, "Min": 0.0}
 
 
+def weight_axis(node: gs.Node, role: str) -> int:
+    """The axis of a producer's or consumer's weight (input 1) that holds the group's
+    channels: output channels for a producer, input channels for a consumer."""
+    if node.op == "Conv":
+        out_axis, in_axis = 0, 1
+    elif node.op == "ConvTranspose":
+        out_axis, in_axis = 1, 0
+    elif node.op == "Gemm" and node.attrs.get("transB", 0):
+        out_axis, in_axis = 0, 1
+    else:  # Gemm without transB, MatMul: B is [K, N]
+        out_axis, in_axis = 1, 0
+    return out_axis if role == "producer" else in_axis
+
+
+def follower_axis(op: str, values_ndim: int, rank: int) -> int:
+    """The channel axis of a follower's per-channel constant of rank `values_ndim`, for a
+    data tensor of rank `rank`: BN-style parameters are vectors; PRelu slopes and the
+    constants of elementwise ops broadcast from the right (numpy rules)."""
+    if op in ("BatchNormalization", "InstanceNormalization"):
+        return 0
+    return 1 - (rank - values_ndim)
+
+
 @dataclass(frozen=True)
 class Member:
     """A node touching a group: `role` is producer, consumer or follower.

@@ -1,0 +1,135 @@
+"""Search with architecture changes: exact simulation, the fidelity floor, labels, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import onnx
+import pytest
+
+from rewriter import zoo
+from rewriter.cli import main
+from rewriter.cost.estimate import Target
+from rewriter.errors import BadInputError
+from rewriter.fidelity import calibration_batches
+from rewriter.graph_io import load_model
+from rewriter.samples import text_image
+from rewriter.search import optimize
+from rewriter.search.space import SearchSpace
+from tests.helpers import load
+
+SMALL = dict(width=0.5, resolution=96)
+
+
+@pytest.mark.parametrize("name, target", [("mobilenetv2", "npu-p32"), ("ssdlite", "tpu-zz"),
+                                          ("mobilenetv3", "npu-p16")])
+def test_simulated_score_equals_estimate_of_built_model(name, target):
+    """Architecture genes are scored without building too; that must be exact."""
+    t = Target.load(target)
+    space = SearchSpace(load(zoo.build(name, **SMALL)), t, architecture=True)
+    kinds = {g.pass_name for g in space.genes if not g.exact}
+    assert kinds >= {"fuse-ibn", "depth-multiplier"}
+    rng = random.Random(2)
+    for _ in range(4):
+        genome = tuple(rng.randint(0, 1) for _ in range(len(space)))
+        score = space.score(genome)
+        built = t.estimate(space.build(genome))  # initial weights: latency does not care
+        assert score.latency_ms == pytest.approx(built.latency_ms, rel=1e-9)
+        assert score.param_bytes == built.param_bytes
+        assert score.peak_activation_bytes == built.peak_activation_bytes
+
+
+def test_conflicting_genes_settle_in_the_space():
+    t = Target.load("npu-p32")
+    space = SearchSpace(load(zoo.build("mobilenetv2", **SMALL)), t, architecture=True)
+    ibn = next(i for i, g in enumerate(space.genes) if g.pass_name == "fuse-ibn")
+    dw = space.kernels[space._fuse[ibn].second].kernel.name
+    dense = next(i for i, g in enumerate(space.genes)
+                 if g.pass_name == "dw-to-dense" and g.site == dw)
+    genome = [0] * len(space)
+    genome[ibn] = genome[dense] = 1
+    assert space.active(tuple(genome)) == [ibn]  # the fusion wins
+    multipliers = [i for i, g in enumerate(space.genes) if g.pass_name == "depth-multiplier"]
+    genome = [0] * len(space)
+    for i in multipliers:
+        genome[i] = 1
+    smallest = min(multipliers, key=lambda i: space.genes[i].multiplier)
+    assert space.active(tuple(genome)) == [smallest]
+
+
+@pytest.fixture(scope="module")
+def unconstrained():
+    """Every architecture change allowed and no fidelity floor: the latency they can buy."""
+    model = load(zoo.build("mobilenetv2", **SMALL))
+    return model, optimize(model, "tpu-zz", exact=False, min_fidelity=0.0)
+
+
+def test_architecture_changes_lower_latency_below_exact_mode(unconstrained):
+    model, result = unconstrained
+    exact = optimize(model, "tpu-zz")
+    assert result.after.latency_ms < 0.8 * exact.after.latency_ms
+    changed = [d for d in result.decisions if not d.exact]
+    assert changed and all(d.gain_ms > 0 for d in changed)
+    assert result.fidelity is not None and 0 < result.fidelity.min_cosine < 1
+    assert result.verification.passed  # the exact rewrites, against the refitted model
+    label = result.model.metadata["rewriter.architecture_changed"]
+    assert label.endswith("fine-tune before use") and changed[0].site in label
+    assert result.warnings and "proxy" in result.warnings[0]
+    data = result.to_dict()
+    assert data["exact"] is False and data["fidelity"]["min_fidelity"] == 0.0
+
+
+def test_the_fidelity_floor_holds(unconstrained):
+    model, loose = unconstrained
+    floor = min(0.999, (1 + loose.fidelity.min_cosine) / 2)  # above what it reached
+    strict = optimize(model, "tpu-zz", exact=False, min_fidelity=floor)
+    assert strict.fidelity is None or strict.fidelity.min_cosine >= floor
+    assert strict.after.latency_ms >= loose.after.latency_ms
+    assert any("cut back" in note for note in strict.notes)
+
+
+def test_passes_limit_the_search():
+    model = load(zoo.build("mobilenetv2", **SMALL))
+    result = optimize(model, "tpu-zz", exact=False, min_fidelity=0.0, passes=["fuse-ibn"])
+    assert {d.pass_name for d in result.decisions} == {"fuse-ibn"}
+    with pytest.raises(BadInputError, match="in exact mode"):
+        optimize(model, "tpu-zz", passes=["fuse-ibn"])
+
+
+@pytest.mark.integration
+def test_pretrained_model_keeps_its_outputs(real_models):
+    """A pretrained model, calibrated on text lines, stays at cosine >= 0.99."""
+    shape = (1, 3, 48, 192)
+    model = load_model(real_models["cls"], {"x": shape})
+    batches = [{"x": np.concatenate([text_image(48, 192, seed=4 * b + i) for i in range(4)])}
+               for b in range(4)]
+    result = optimize(model, "tpu-zz", exact=False, calibration=batches)
+    assert result.after.latency_ms <= result.before.latency_ms
+    if result.fidelity is not None:
+        assert result.fidelity.min_cosine >= 0.99
+    assert not result.warnings  # real calibration data: no proxy warning
+
+
+def test_cli_architecture_changes(tmp_path, capsys):
+    path, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(zoo.build("mobilenetv2", width=0.5, resolution=64), path)
+    fit, _ = calibration_batches(load(zoo.build("mobilenetv2", width=0.5, resolution=64)),
+                                 None, count=12, batch=4, seed=5)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, input=np.concatenate([b["input"] for b in fit]))
+    report = tmp_path / "r"
+    assert main(["optimize", str(path), "--target", "tpu-zz", "-o", str(out),
+                 "--allow-architecture-changes", "--min-fidelity", "0",
+                 "--calibration", str(calibration), "--report", str(report), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["exact"] is False and data["warnings"] == []
+    assert 0 < data["fidelity"]["min_cosine"] <= 1
+    assert any(r["exact"] is False for r in data["rewrites"])
+    assert "Fidelity to the original" in (tmp_path / "r.md").read_text()
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert "fine-tune before use" in meta["rewriter.architecture_changed"]
+    assert main(["optimize", str(path), "--target", "tpu-zz", "-o", str(out),
+                 "--allow-architecture-changes", "--multipliers", "2"]) == 2
+    assert "--multipliers" in capsys.readouterr().err
