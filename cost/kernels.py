@@ -104,7 +104,8 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
         if info is None:
             return OpSpec(kind="conv", **base)
         kh, kw = info.kernel
-        base.update(kh=kh, kw=kw, stride=info.strides[0], groups=info.groups)
+        # the larger of an anisotropic stride (PP-OCR rec's (2, 1)); the sizes say which axis
+        base.update(kh=kh, kw=kw, stride=max(info.strides), groups=info.groups)
         return OpSpec(kind=conv_kind(info.cin, info.cout, max(kh, kw), info.groups), **base)
     if node.op == "ConvTranspose":
         weight = const_value(node.inputs[1])
@@ -112,6 +113,12 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
             base.update(kh=int(weight.shape[2]), kw=int(weight.shape[3]))
         return OpSpec(kind="conv", **base)
     if node.op in ("Gemm", "MatMul"):
+        out_shape = shapes[out.name]
+        if len(out_shape) > 2 and len(first) >= 2:
+            # A batched or sequence MatMul [..., D, C] x [C, K]: every leading index is one
+            # more row of the product (as ZigZag maps it), not a channel or pixel dim.
+            base.update(n=prod(out_shape[:-1]), cin=first[-1], cout=out_shape[-1],
+                        h_in=1, w_in=1, h_out=1, w_out=1)
         return OpSpec(kind="gemm", **base)
     if node.op in POOLS:
         kernel = node.attrs.get("kernel_shape", [1, 1])

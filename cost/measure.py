@@ -116,12 +116,28 @@ def _activation(b: _Builder, act: str, x: str) -> str:
                            "(relu, relu6, hardswish, sigmoid, silu, tanh)")
 
 
-def _pads(size_in: int, size_out: int, kernel: int, stride: int) -> tuple[int, int]:
-    total = max(0, (size_out - 1) * stride + kernel - size_in)
-    if (size_in + total - kernel) // stride + 1 != size_out:
+def _axis(size_in: int, size_out: int, kernel: int, stride: int) -> tuple[int, int, int]:
+    """(stride, pad before, pad after) of one spatial axis: the spec's stride, or 1 on an
+    axis that it fits only by padding more than a kernel per side (an anisotropic stride
+    such as PP-OCR rec's (2, 1), of which the spec keeps the larger)."""
+    fits = []
+    for axis_stride in dict.fromkeys((stride, 1)):
+        total = max(0, (size_out - 1) * axis_stride + kernel - size_in)
+        if (size_in + total - kernel) // axis_stride + 1 == size_out:
+            fits.append((axis_stride, total // 2, total - total // 2))
+    if not fits:
         raise MeasurementError(f"no padding gives {size_in} -> {size_out} with kernel "
                                f"{kernel}, stride {stride}")
-    return total // 2, total - total // 2
+    # only fit by heavy padding: a transposed conv's spec, the conv over its zero-inserted
+    # input, which pads that much by construction
+    return next((f for f in fits if f[2] < kernel), fits[0])
+
+
+def _window(spec: OpSpec) -> tuple[list[int], list[int]]:
+    """ONNX strides and pads of a conv or pool spec."""
+    sh, top, bottom = _axis(spec.h_in, spec.h_out, spec.kh, spec.stride)
+    sw, left, right = _axis(spec.w_in, spec.w_out, spec.kw, spec.stride)
+    return [sh, sw], [top, left, bottom, right]
 
 
 def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
@@ -132,14 +148,12 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     act = spec.act
     k = spec.kind
     if k in CONV_KINDS:
-        (top, bottom), (left, right) = (_pads(spec.h_in, spec.h_out, spec.kh, spec.stride),
-                                        _pads(spec.w_in, spec.w_out, spec.kw, spec.stride))
+        strides, pads = _window(spec)
         cin_g = spec.cin // spec.groups
         w = b.weight("W", (spec.cout, cin_g, spec.kh, spec.kw), cin_g * spec.kh * spec.kw)
         bias = b.weight("B", (spec.cout,), 1)
         y = b.node("Conv", ["x0", w, bias], "op", kernel_shape=[spec.kh, spec.kw],
-                   strides=[spec.stride, spec.stride], pads=[top, left, bottom, right],
-                   group=spec.groups)
+                   strides=strides, pads=pads, group=spec.groups)
     elif k == "gemm":
         if spec.h_in * spec.w_in * spec.h_out * spec.w_out != 1:
             raise MeasurementError("gemm specs must have h_in = w_in = h_out = w_out = 1")
@@ -147,10 +161,9 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         w = b.weight("W", (spec.cout, spec.cin), spec.cin)
         y = b.node("Gemm", ["x0", w, b.weight("B", (spec.cout,), 1)], "op", transB=1)
     elif k == "pool":
-        (top, bottom), (left, right) = (_pads(spec.h_in, spec.h_out, spec.kh, spec.stride),
-                                        _pads(spec.w_in, spec.w_out, spec.kw, spec.stride))
-        y = b.node("MaxPool", ["x0"], "op", kernel_shape=[spec.kh, spec.kw],
-                   strides=[spec.stride, spec.stride], pads=[top, left, bottom, right])
+        strides, pads = _window(spec)
+        y = b.node("MaxPool", ["x0"], "op", kernel_shape=[spec.kh, spec.kw], strides=strides,
+                   pads=pads)
     elif k == "gap":
         y = b.node("GlobalAveragePool", ["x0"], "op")
     elif k == "resize":

@@ -26,6 +26,10 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
                                    tensors to/from a blocked layout (onnxruntime's NCHWc)
     free_kinds                     "measured" only, optional: op kinds that cost nothing on
                                    the measuring backend (ZigZag simulates MAC layers only)
+    accelerator                    "measured" only, optional: the ZigZag accelerator the
+                                   measurements were simulated on (edge_tpu_like, tpu_like);
+                                   names what `rewriter cost validate` and
+                                   `optimize --validate-with zigzag` simulate whole models on
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -101,6 +105,9 @@ class HardwareProfile:
     # "measured" only: op kinds the measuring backend treats as free (ZigZag simulates MAC
     # layers only; the other ops of a model are zero-cost to it).
     free_kinds: tuple[str, ...] = ()
+    # "measured" only: the ZigZag accelerator description the measurements were simulated on;
+    # None for a real device. Whole models are checked against it (cost/zigzag_models.py).
+    accelerator: str | None = None
 
     def op(self, kind: str) -> OpParams:
         if kind not in self.ops:
@@ -191,7 +198,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: kind: expected \"analytic\" or \"measured\", got {kind!r}")
     schema = {**_COMMON, **(_MEASURED if kind == "measured" else {})}
     tables = {"ops", "activations"}
-    floor, blocked, free_kinds = 0.0, False, ()
+    floor, blocked, free_kinds, accelerator = 0.0, False, (), None
     if kind == "measured":
         data = dict(data)
         if "measurement_floor_s" in data:
@@ -203,6 +210,11 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
                 raise ProfileError(f"{path}: free_kinds: expected a list of op kinds "
                                    f"({', '.join(KINDS)}), got {free!r}")
             free_kinds = tuple(free)
+        if "accelerator" in data:
+            accelerator = _check(path, "accelerator", data.pop("accelerator"), str, "")
+            if not accelerator:
+                raise ProfileError(f"{path}: accelerator: expected a ZigZag accelerator name, "
+                                   "got ''")
         if "blocked_layout" in data:
             blocked = data.pop("blocked_layout")
             if not isinstance(blocked, bool):
@@ -244,4 +256,5 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         measurements = _measurements_path(path, top.pop("measurements"))
     return HardwareProfile(**top, ops=ops, activations=activations,
                            measurements=measurements, source=path, measurement_floor_s=floor,
-                           blocked_layout=blocked, free_kinds=free_kinds)
+                           blocked_layout=blocked, free_kinds=free_kinds,
+                           accelerator=accelerator)

@@ -4,13 +4,18 @@ For the measured CPU target the per-kernel estimator is fitted on single-op meas
 only, so every whole model here is held out. Each model is timed in onnxruntime (one
 intra-op thread, as the cpu-ort measurements are; warm-up, then the median of `repeats` runs) and
 compared with the estimate: mean absolute percentage error (MAPE), the share of models
-within +-10%, Spearman's rank correlation, and the worst cases.
+within +-10%, Spearman's rank correlation, and the worst cases. `validate_by` takes any
+other "device" (the ZigZag simulator, `cost.zigzag_models`).
+
+What the search needs most is the sign of a rewrite's gain: `rewrite_pairs` makes
+(before, after) pairs of a model and its rewrites, and `validate_gains` compares measured
+and estimated gains (`GainReport.sign_agreement`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +23,7 @@ from tqdm import tqdm
 from rewriter.cost.estimate import Target
 from rewriter.cost.regression import spearman
 from rewriter.graph_io import Model, model_from_proto
+from rewriter.tables import table
 from rewriter.verify import make_inputs
 
 
@@ -61,18 +67,31 @@ class ValidationReport:
     def worst(self, n: int = 5) -> list[Row]:
         return sorted(self.rows, key=lambda r: -abs(r.error))[:n]
 
+    def summary(self) -> str:
+        return (f"{len(self.rows)} models on {self.target}: MAPE {100 * self.mape:.1f}%, "
+                f"within +-10% {100 * self.within_10pct:.0f}%, Spearman {self.spearman:.3f}")
+
+    def text(self, measured: str = "measured ms", worst: int = 3) -> str:
+        """A table of the models, the summary line and the `worst` cases."""
+        rows = [[r.name, f"{r.measured_ms:.3f}", f"{r.estimated_ms:.3f}",
+                 f"{100 * r.error:+.1f}%"] for r in self.rows]
+        worst_cases = ", ".join(f"{r.name} {100 * r.error:+.0f}%" for r in self.worst(worst))
+        return (f"{table(['model', measured, 'estimated ms', 'error'], rows)}\n\n"
+                f"{self.summary()}\nworst: {worst_cases}")
+
     def to_dict(self) -> dict[str, object]:
         return {"target": self.target, "models": len(self.rows), "mape": self.mape,
                 "within_10pct": self.within_10pct, "spearman": self.spearman,
                 "rows": [{**asdict(r), "error": r.error} for r in self.rows]}
 
 
-def zoo_cases(quick: bool = False) -> list[Case]:
+def zoo_cases(quick: bool = False, widths: Sequence[float] | None = None,
+              resolutions: Sequence[int] | None = None) -> list[Case]:
     """Zoo models at several widths and resolutions (BN folded, as a deployed export)."""
     from rewriter import zoo
 
-    widths = (0.5, 1.0) if quick else (0.35, 0.5, 0.75, 1.0)
-    resolutions = (128,) if quick else (96, 160, 224)
+    widths = widths or ((0.5, 1.0) if quick else (0.35, 0.5, 0.75, 1.0))
+    resolutions = resolutions or ((128,) if quick else (96, 160, 224))
     cases = []
     for name in zoo.NAMES:
         for width in widths:
@@ -113,3 +132,116 @@ def validate(
     rows = [Row(c.name, best[i], target.estimate(c.model).latency_ms)
             for i, c in enumerate(cases)]
     return ValidationReport(target.name, rows)
+
+
+def validate_by(target: Target, cases: Iterable[Case],
+                measure: Callable[[list[Model]], list[float]]) -> ValidationReport:
+    """Whole models "measured" by `measure` (all at once, so it can batch its work)."""
+    cases = list(cases)
+    measured = measure([c.model for c in cases])
+    return ValidationReport(target.name, [Row(c.name, ms, target.estimate(c.model).latency_ms)
+                                          for c, ms in zip(cases, measured)])
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str  # the model's
+    rewrite: str  # what turned `before` into `after`
+    before: Model
+    after: Model
+
+
+def _gain(before: float, after: float) -> float:
+    return (before - after) / before if before else 0.0
+
+
+@dataclass(frozen=True)
+class GainRow:
+    """One rewrite: latency before and after it, measured and estimated."""
+
+    name: str
+    rewrite: str
+    measured_before_ms: float
+    measured_after_ms: float
+    estimated_before_ms: float
+    estimated_after_ms: float
+
+    @property
+    def measured_gain(self) -> float:
+        """Fraction of the latency the rewrite saves (negative: it slows the model)."""
+        return _gain(self.measured_before_ms, self.measured_after_ms)
+
+    @property
+    def estimated_gain(self) -> float:
+        return _gain(self.estimated_before_ms, self.estimated_after_ms)
+
+    @property
+    def sign_agrees(self) -> bool:
+        return bool(np.sign(self.measured_gain) == np.sign(self.estimated_gain))
+
+
+@dataclass
+class GainReport:
+    target: str
+    rows: list[GainRow]
+
+    @property
+    def sign_agreement(self) -> float:
+        return float(np.mean([r.sign_agrees for r in self.rows])) if self.rows else 0.0
+
+    @property
+    def gain_mae(self) -> float:
+        """Mean absolute difference of estimated and measured gain (fractions)."""
+        return (float(np.mean([abs(r.estimated_gain - r.measured_gain) for r in self.rows]))
+                if self.rows else 0.0)
+
+    def summary(self) -> str:
+        return (f"{len(self.rows)} rewrites on {self.target}: sign of the gain right for "
+                f"{100 * self.sign_agreement:.0f}%, mean |estimated - measured gain| "
+                f"{100 * self.gain_mae:.1f} points")
+
+    def text(self, measured: str = "measured") -> str:
+        rows = [[r.name, r.rewrite, f"{r.measured_before_ms:.3f}", f"{r.measured_after_ms:.3f}",
+                 f"{100 * r.measured_gain:+.1f}%", f"{100 * r.estimated_gain:+.1f}%",
+                 "yes" if r.sign_agrees else "NO"] for r in self.rows]
+        headers = ["model", "rewrite", f"{measured} before ms", "after ms", f"{measured} gain",
+                   "estimated gain", "sign"]
+        return f"{table(headers, rows)}\n\n{self.summary()}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"target": self.target, "pairs": len(self.rows),
+                "sign_agreement": self.sign_agreement, "gain_mae": self.gain_mae,
+                "rows": [{**asdict(r), "measured_gain": r.measured_gain,
+                          "estimated_gain": r.estimated_gain, "sign_agrees": r.sign_agrees}
+                         for r in self.rows]}
+
+
+def rewrite_pairs(case: Case, target: Target) -> list[Pair]:
+    """(canonical BN-folded model, rewritten) pairs of `case`: the exact rewrites
+    `rewriter.optimize` keeps for `target`, and every fuse-ibn site applied. A rewrite that
+    changes nothing (no site, or none kept) gives no pair."""
+    # Imported here: the search depends on the cost model, not the other way round.
+    from rewriter.passes import get_pass
+    from rewriter.rewrite import apply_pass
+    from rewriter.search.driver import optimize
+
+    folded = apply_pass(case.model, get_pass("fold-bn")).model
+    pairs = []
+    result = optimize(folded, target, exact=True, inputs=case.feeds)  # verified on feeds
+    if result.decisions:
+        pairs.append(Pair(case.name, "optimize", folded, result.model))
+    fused = apply_pass(folded, get_pass("fuse-ibn"))
+    if fused.applied:
+        pairs.append(Pair(case.name, "fuse-ibn", folded, fused.model))
+    return pairs
+
+
+def validate_gains(target: Target, pairs: Iterable[Pair],
+                   measure: Callable[[list[Model]], list[float]]) -> GainReport:
+    """Measured against estimated gain of every pair (all models measured at once)."""
+    pairs = list(pairs)
+    measured = measure([m for p in pairs for m in (p.before, p.after)])
+    rows = [GainRow(p.name, p.rewrite, measured[2 * i], measured[2 * i + 1],
+                    target.estimate(p.before).latency_ms, target.estimate(p.after).latency_ms)
+            for i, p in enumerate(pairs)]
+    return GainReport(target.name, rows)

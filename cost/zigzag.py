@@ -100,6 +100,31 @@ def _quiet() -> Iterator[None]:
         root.removeHandler(guard)
 
 
+def _tolerate_unprintable_mappings() -> None:
+    """Keep ZigZag's loop-ordering printout from failing a simulation.
+
+    zigzag-dse 3.9's VisualizationStage prints every chosen mapping to a text file in the
+    dump folder, and its printer raises ValueError (max() of an empty list) for a layer
+    with no temporal loop: one that fits the array in a single step, such as a 1x1
+    squeeze-excite conv of <= 32 channels on tpu_like. The file is discarded and the
+    printer computes nothing the result depends on, so such a mapping is just not printed.
+    """
+    from zigzag.stages.results import visualization
+
+    printer = visualization.print_mapping
+    if getattr(printer, "rewriter_tolerant", False):
+        return
+
+    def tolerant(cme: object, *args: object, **kwargs: object) -> None:
+        try:
+            printer(cme, *args, **kwargs)
+        except ValueError:
+            pass
+
+    tolerant.rewriter_tolerant = True  # type: ignore[attr-defined]
+    visualization.print_mapping = tolerant
+
+
 def simulate_cycles(model: onnx.ModelProto, accelerator: str) -> float:
     """Total latency in cycles of `model`'s Conv/Gemm/MatMul layers on `accelerator`."""
     hardware, mapping = _accelerator_files(accelerator)
@@ -109,6 +134,7 @@ def simulate_cycles(model: onnx.ModelProto, accelerator: str) -> float:
             from zigzag.api import get_hardware_performance_zigzag
         except ImportError as e:
             raise ZigZagError(f"{_INSTALL_HINT} ({e})") from None
+        _tolerate_unprintable_mappings()
         with tempfile.TemporaryDirectory(prefix="rewriter-zigzag-") as dump:
             _energy, cycles, _cmes = get_hardware_performance_zigzag(
                 model, str(hardware), str(mapping), opt="latency", dump_folder=dump,

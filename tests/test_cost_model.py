@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from rewriter import zoo
 from rewriter.cli import main
@@ -12,6 +14,7 @@ from rewriter.cost.estimate import Target, estimate
 from rewriter.cost.kernels import decompose, normalise_act
 from rewriter.cost.memory import check_model_budget, parse_bytes
 from rewriter.errors import BadInputError
+from rewriter.graph_io import model_from_proto
 from rewriter.passes import get_pass
 from rewriter.rewrite import apply_pass
 from tests.helpers import load
@@ -32,6 +35,29 @@ def test_conv_bn_act_is_one_kernel(mnv2):
     assert kinds.count("elementwise") == 10  # the residual Adds
     covered = {n for k in kernels for n in k.nodes}
     assert all(n.name in covered or n.op == "Flatten" for n in mnv2.graph.nodes)
+
+
+def test_a_sequence_matmul_is_a_gemm_with_a_row_per_leading_index():
+    """[1, T, C] x [C, K] (PP-OCR rec's attention) and [1, H, T, D] x [1, H, D, T]: every
+    leading index is one more row of the product, so the spec's MACs are the MatMul's."""
+    inits = [numpy_helper.from_array(np.ones((24, 36), np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 10, 3, 12], np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"], "proj"),  # [1, 10, 36]
+             helper.make_node("Reshape", ["q", "shape"], ["q4"], "split"),
+             helper.make_node("Transpose", ["q4"], ["heads"], "to_heads", perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["heads"], ["keys"], "to_keys", perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["heads", "keys"], ["y"], "scores")]  # [1, 3, 10, 10]
+    graph = helper.make_graph(
+        nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 10, 10])], inits)
+    model = model_from_proto(helper.make_model(graph,
+                                               opset_imports=[helper.make_opsetid("", 13)]))
+    gemms = {k.name: k.spec for k in decompose(model) if k.spec.kind == "gemm"}
+    proj, scores = gemms["proj"], gemms["scores"]
+    assert (proj.n, proj.cin, proj.cout, proj.n_inputs) == (10, 24, 36, 1)
+    assert proj.macs == 10 * 24 * 36
+    assert (scores.n, scores.cin, scores.cout, scores.n_inputs) == (30, 12, 10, 2)
+    assert scores.macs == 3 * 10 * 12 * 10
 
 
 def test_activation_names_normalise():

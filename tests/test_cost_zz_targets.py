@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 
 from rewriter import zoo
+from rewriter.cli import main
 from rewriter.cost.estimate import Target
 from rewriter.cost.profile import ProfileError, load_profile
+from rewriter.cost.zigzag import ZigZagError
+from rewriter.cost.zigzag_models import target_accelerator, validate_with_zigzag
 from rewriter.passes import get_pass
 from rewriter.passes.fuse_ibn import FuseIBN
 from rewriter.rewrite import apply_pass
@@ -52,3 +55,36 @@ def test_free_kinds_are_validated(tmp_path):
                    .replace('measurements = "edge-tpu-zz.csv"', f'measurements = "{data}"'))
     with pytest.raises(ProfileError, match="free_kinds"):
         load_profile(bad)
+
+
+@pytest.mark.parametrize("name, accelerator", [("edge-tpu-zz", "edge_tpu_like"),
+                                               ("tpu-zz", "tpu_like")])
+def test_zz_targets_name_their_zigzag_accelerator(name, accelerator):
+    assert load_profile(name).accelerator == accelerator
+    assert target_accelerator(Target.load(name)) == accelerator
+
+
+@pytest.mark.parametrize("name", ["npu-p32", "cpu-ort"])
+def test_only_zigzag_fitted_targets_validate_with_zigzag(mnv2, name):
+    # raised before anything is simulated, so this needs no ZigZag installed
+    with pytest.raises(ZigZagError, match=f"target {name} is not fitted on ZigZag"):
+        validate_with_zigzag(mnv2, mnv2, Target.load(name))
+    assert load_profile(name).accelerator is None
+
+
+def test_accelerator_key_is_validated(tmp_path):
+    profile = load_profile("tpu-zz")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(profile.source.read_text()
+                   .replace('accelerator = "tpu_like"', "accelerator = 3")
+                   .replace('measurements = "tpu-zz.csv"',
+                            f'measurements = "{profile.measurements}"'))
+    with pytest.raises(ProfileError, match="accelerator: expected a string"):
+        load_profile(bad)
+
+
+def test_cli_pairs_need_a_zigzag_target(capsys):
+    assert main(["cost", "validate", "--target", "cpu-ort", "--pairs", "--no-zoo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("rewriter: error: --pairs needs a ZigZag-fitted target such as "
+                   "edge-tpu-zz, not cpu-ort")

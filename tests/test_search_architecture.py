@@ -133,3 +133,19 @@ def test_cli_architecture_changes(tmp_path, capsys):
     assert main(["optimize", str(path), "--target", "tpu-zz", "-o", str(out),
                  "--allow-architecture-changes", "--multipliers", "2"]) == 2
     assert "--multipliers" in capsys.readouterr().err
+
+
+def test_cli_validate_with_zigzag(tmp_path, capsys):
+    """The gain a user sees is re-simulated in ZigZag (needs zigzag-dse; in the test extra)."""
+    pytest.importorskip("zigzag")
+    path, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(zoo.build("mobilenetv2", width=0.35, resolution=32), path)
+    assert main(["optimize", str(path), "--target", "edge-tpu-zz", "-o", str(out), "--json",
+                 "--validate-with", "zigzag"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    zz = data["zigzag"]
+    assert zz["accelerator"] == "edge_tpu_like" and zz["zigzag_original_ms"] > 0
+    assert zz["zigzag_optimized_ms"] <= zz["zigzag_original_ms"] * 1.001
+    assert any("ZigZag edge_tpu_like" in note for note in data["notes"])
+    assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(out),
+                 "--validate-with", "zigzag"]) == 2
