@@ -266,16 +266,55 @@ def _modest(spec: OpSpec) -> bool:
             and spec.output_elements <= MAX_ELEMENTS)
 
 
-def sample_specs(n: int, seed: int, parallelism: int = 32) -> list[OpSpec]:
+_WIDE_SIZES = (1, 1, 2, 3, 4, 7, 10, 14, 20, 24, 28, 40, 48, 56, 80, 112)
+
+
+def _sample_wide(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
+    """A MAC layer from the corners the default space samples thinly: maps from 1x1 (a
+    squeeze-excite conv) to 112x112, channels log-uniform over 8-1280 (few input channels
+    at large maps, 576-1280 channels at small ones)."""
+    size = int(rng.choice(_WIDE_SIZES))
+    stride = 1 if size < 4 else int(rng.choice([1, 2], p=[0.75, 0.25]))
+    act = str(rng.choice(_ACTS))
+
+    def channels() -> int:
+        c = int(round(math.exp(rng.uniform(math.log(8), math.log(1280)))))
+        return max(p, round(c / p) * p) if rng.random() < 0.4 else c
+
+    cin, cout = channels(), channels()
+    if kind == "gemm":
+        return OpSpec("gemm", cin=cin, cout=cout, act=act)
+    kernel = 1 if kind == "conv1x1" or size == 1 else int(rng.choice([3, 5], p=[0.8, 0.2]))
+    groups = 1
+    if kind == "dwconv":
+        groups, cout = cin, cin * int(rng.choice([1, 1, 1, 2]))
+    elif kind == "groupconv":
+        groups = int(rng.choice([2, 4, 8]))
+        cin, cout = (max(2, c // groups) * groups for c in (cin, cout))
+    return OpSpec.conv2d(cin, cout, size, kernel, stride, groups, act)
+
+
+_WIDE_KIND_WEIGHTS = {"conv": 0.3, "conv1x1": 0.4, "dwconv": 0.2, "groupconv": 0.05,
+                      "gemm": 0.05}
+
+
+def sample_specs(n: int, seed: int, parallelism: int = 32, space: str = "default"
+                 ) -> list[OpSpec]:
     """`n` random specs over the op space, each at most MAX_MACS MACs and MAX_ELEMENTS
-    elements per tensor (a few ms on one CPU core); deterministic for a seed."""
+    elements per tensor (a few ms on one CPU core); deterministic for a seed.
+    space="wide": MAC layers only, from the corners the default space samples thinly
+    (see `_sample_wide`), to add to a measurement set."""
+    if space not in ("default", "wide"):
+        raise ValueError(f"unknown sample space {space!r}")
+    kinds, sample = ((_KIND_WEIGHTS, _sample_one) if space == "default"
+                     else (_WIDE_KIND_WEIGHTS, _sample_wide))
     rng = np.random.default_rng(seed)
-    weights = np.array(list(_KIND_WEIGHTS.values()))
+    weights = np.array(list(kinds.values()))
     specs: list[OpSpec] = []
-    for kind in rng.choice(list(_KIND_WEIGHTS), size=n, p=weights / weights.sum()):
-        spec = _sample_one(rng, parallelism, str(kind))
+    for kind in rng.choice(list(kinds), size=n, p=weights / weights.sum()):
+        spec = sample(rng, parallelism, str(kind))
         while not _modest(spec):  # redraw the shape, keeping the kind mix
-            spec = _sample_one(rng, parallelism, str(kind))
+            spec = sample(rng, parallelism, str(kind))
         specs.append(spec)
     return specs
 

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallelism", type=int, default=32, metavar="P",
                    help="channel counts are sampled around multiples of P (default 32)")
+    p.add_argument("--space", default="default", choices=["default", "wide"],
+                   help="wide: MAC layers only, from the corners the default space samples "
+                        "thinly (1x1 maps, 8-1280 channels log-uniform)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime intra-op threads, recorded in the CSV (default 1)")
@@ -424,7 +427,7 @@ def _cost_measure(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
-    specs = sample_specs(args.n, args.seed, args.parallelism)
+    specs = sample_specs(args.n, args.seed, args.parallelism, args.space)
     if args.backend == "zigzag":
         from rewriter.cost.zigzag import SUPPORTED_KINDS, measure_zigzag
 

@@ -150,3 +150,16 @@ def test_malformed_csv(tmp_path: Path, text: str, message: str):
 def test_missing_csv(tmp_path: Path):
     with pytest.raises(MeasurementError, match="cannot read"):
         read_csv(tmp_path / "absent.csv")
+
+
+def test_wide_sample_space_reaches_the_thin_corners():
+    specs = sample_specs(300, seed=7, parallelism=8, space="wide")
+    assert specs == sample_specs(300, seed=7, parallelism=8, space="wide")
+    assert {s.kind for s in specs} <= {"conv", "conv1x1", "dwconv", "groupconv", "gemm"}
+    convs = [s for s in specs if s.kind != "gemm"]
+    assert any(s.h_in == 1 for s in convs)  # squeeze-excite convs on a 1x1 map
+    assert any(s.cin > 576 and s.h_in <= 7 for s in convs)
+    assert any(s.cin <= 24 and s.kind == "conv1x1" and s.h_in >= 24 for s in convs)
+    assert all(s.macs <= MAX_MACS for s in specs)
+    with pytest.raises(ValueError, match="sample space"):
+        sample_specs(10, seed=1, space="huge")
