@@ -218,6 +218,18 @@ MAX_MACS = 250_000_000
 MAX_ELEMENTS = 3_300_000
 
 
+def _sampled_conv(rng: np.random.Generator, kind: str, cin: int, cout: int, size: int,
+                  kernel: int, stride: int, act: str) -> OpSpec:
+    """A conv of `kind`: depthwise with multiplier 1 or 2, grouped with 2, 4 or 8 groups."""
+    groups = 1
+    if kind == "dwconv":
+        groups, cout = cin, cin * int(rng.choice([1, 1, 1, 2]))
+    elif kind == "groupconv":
+        groups = int(rng.choice([2, 4, 8]))
+        cin, cout = (max(2, c // groups) * groups for c in (cin, cout))
+    return OpSpec.conv2d(cin, cout, size, kernel, stride, groups, act)
+
+
 def _sample_one(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     common = rng.random() < 0.7
     size = int(rng.choice([7, 14, 28, 56, 112])) if common else int(rng.integers(7, 113))
@@ -226,13 +238,7 @@ def _sample_one(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     cin, cout = _channels(rng, p), _channels(rng, p)
     if kind in CONV_KINDS:
         kernel = 1 if kind == "conv1x1" else int(rng.choice([3, 5], p=[0.8, 0.2]))
-        groups = 1
-        if kind == "dwconv":
-            groups, cout = cin, cin * int(rng.choice([1, 1, 1, 2]))
-        elif kind == "groupconv":
-            groups = int(rng.choice([2, 4, 8]))
-            cin, cout = (max(2, c // groups) * groups for c in (cin, cout))
-        return OpSpec.conv2d(cin, cout, size, kernel, stride, groups, act)
+        return _sampled_conv(rng, kind, cin, cout, size, kernel, stride, act)
     if kind == "gemm":
         return OpSpec("gemm", cin=_channels(rng, p, 16, 2048), cout=_channels(rng, p, 16, 2048),
                       act=act)
@@ -285,13 +291,7 @@ def _sample_wide(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     if kind == "gemm":
         return OpSpec("gemm", cin=cin, cout=cout, act=act)
     kernel = 1 if kind == "conv1x1" or size == 1 else int(rng.choice([3, 5], p=[0.8, 0.2]))
-    groups = 1
-    if kind == "dwconv":
-        groups, cout = cin, cin * int(rng.choice([1, 1, 1, 2]))
-    elif kind == "groupconv":
-        groups = int(rng.choice([2, 4, 8]))
-        cin, cout = (max(2, c // groups) * groups for c in (cin, cout))
-    return OpSpec.conv2d(cin, cout, size, kernel, stride, groups, act)
+    return _sampled_conv(rng, kind, cin, cout, size, kernel, stride, act)
 
 
 _WIDE_KIND_WEIGHTS = {"conv": 0.3, "conv1x1": 0.4, "dwconv": 0.2, "groupconv": 0.05,
