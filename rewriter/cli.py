@@ -527,7 +527,7 @@ def _cost_validate(args: argparse.Namespace) -> int:
 
 def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int:
     """A pass that changes the function: refit from calibration data, report fidelity."""
-    from rewriter.fidelity import calibration_batches, measure_fidelity
+    from rewriter.fidelity import calibration_split, measure_fidelity
     from rewriter.graph_io import save_model
     from rewriter.passes import get_pass
     from rewriter.reconstruct import refit
@@ -539,11 +539,7 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
                             "with --calibration FILE.npz to refit its weights on real inputs")
     original = _load(args)
     folded = apply_pass(original, get_pass("fold-bn")).model  # same function, BN folded
-    batches, warnings = calibration_batches(folded, args.calibration, seed=args.seed)
-    if len(batches) < 2:
-        raise BadInputError("calibration needs at least 2 batches of 4 inputs (8 samples)")
-    cut = max(1, len(batches) * 3 // 4)
-    fit, held_out = batches[:cut], batches[cut:]
+    fit, held_out, warnings = calibration_split(folded, args.calibration, seed=args.seed)
     result = apply_pass(folded, rule, args.site)
     result.model = refit(folded, result.model, fit,
                          progress=not args.json and sys.stderr.isatty())

@@ -9,10 +9,12 @@ mean cosine similarity of any output.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.runtime import run_model
 
@@ -85,3 +87,20 @@ def calibration_batches(model: Model, path: str | None, count: int = 16, batch: 
     batches = [{name: rng.standard_normal((batch, *shape[1:])).astype(np.float32)
                 for name, shape in shapes.items()} for _ in range(count // batch)]
     return batches, warnings
+
+
+def calibration_split(model: Model, calibration: str | Path | Sequence[Mapping[str, np.ndarray]]
+                      | None, seed: int = 0
+                      ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]],
+                                 list[str]]:
+    """Calibration batches (a .npz path, batches, or None: seeded random inputs) split 3:1
+    into a fitting and a held-out part, plus warnings."""
+    if calibration is None or isinstance(calibration, (str, Path)):
+        batches, warnings = calibration_batches(
+            model, None if calibration is None else str(calibration), seed=seed)
+    else:
+        batches, warnings = [dict(b) for b in calibration], []
+    if len(batches) < 2:
+        raise BadInputError("calibration needs at least 2 batches of 4 inputs (8 samples)")
+    cut = max(1, len(batches) * 3 // 4)
+    return batches[:cut], batches[cut:], warnings

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rewriter.analysis.memory import MemoryStats
-from rewriter.fidelity import Fidelity, calibration_batches, measure_fidelity
+from rewriter.fidelity import Fidelity, calibration_split, measure_fidelity
 from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import check_budget
 from rewriter.errors import BadInputError, BudgetError, VerificationError
@@ -308,20 +308,6 @@ class _FidelityGuard:
         return self._with(base, order[:lo])
 
 
-def _calibration(model: Model, calibration: str | Path | Batches | None, seed: int
-                 ) -> tuple[Batches, Batches, list[str]]:
-    """Calibration batches split 3:1 into fitting and held-out parts."""
-    if calibration is None or isinstance(calibration, (str, Path)):
-        batches, warnings = calibration_batches(
-            model, None if calibration is None else str(calibration), seed=seed)
-    else:
-        batches, warnings = list(calibration), []
-    if len(batches) < 2:
-        raise BadInputError("calibration needs at least 2 batches of 4 inputs (8 samples)")
-    cut = max(1, len(batches) * 3 // 4)
-    return batches[:cut], batches[cut:], warnings
-
-
 def optimize(
     model: Model | str | Path,
     target: str | Path | Target = "npu-p32",
@@ -375,7 +361,7 @@ def optimize(
     warnings: list[str] = []
     notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
     if not exact:
-        fit, held, warnings = _calibration(space.canonical, calibration, seed)
+        fit, held, warnings = calibration_split(space.canonical, calibration, seed)
         guard = _FidelityGuard(space, evaluator, fit, held, min_fidelity)
         chosen = guard.choose(genome)
         if evaluator(chosen) is None:
