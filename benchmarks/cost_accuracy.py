@@ -14,10 +14,7 @@ import argparse
 import sys
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.validate import Case, validate, zoo_cases
-from rewriter.graph_io import load_model
-from rewriter.samples import SHAPES, rapidocr_models, text_image
-from rewriter.tables import table
+from rewriter.cost.validate import paddleocr_cases, validate, zoo_cases
 
 
 def main() -> int:
@@ -25,19 +22,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--target", default="cpu-ort")
     args = parser.parse_args()
-    cases = zoo_cases(quick=args.quick)
-    for key, path in rapidocr_models().items():
-        model = load_model(path, SHAPES[key])
-        feeds = {"x": text_image(*SHAPES[key]["x"][2:], seed=0)} if key == "det" else None
-        cases.append(Case(f"paddleocr-{key}", model, feeds))
+    cases = zoo_cases(quick=args.quick) + paddleocr_cases()
     report = validate(Target.load(args.target), cases, progress=sys.stderr.isatty())
-    rows = [[r.name, f"{r.measured_ms:.3f}", f"{r.estimated_ms:.3f}", f"{100 * r.error:+.1f}%"]
-            for r in report.rows]
-    print(table(["model", "measured ms", "estimated ms", "error"], rows))
-    print(f"\n{len(report.rows)} held-out models on {report.target}: MAPE "
-          f"{100 * report.mape:.1f}%, within +-10%: {100 * report.within_10pct:.0f}%, "
-          f"Spearman {report.spearman:.3f}")
-    print("worst: " + ", ".join(f"{r.name} {100 * r.error:+.0f}%" for r in report.worst(5)))
+    print(report.text(worst=5))
     return 0
 
 

@@ -21,6 +21,7 @@ Models: mobilenetv2, mobilenetv3, ssdlite, lraspp at width 1.0, resolution 224
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -150,10 +151,11 @@ def tool_row(tool: str, name: str, proto: onnx.ModelProto, feeds, reference,
     if optimized is None:
         return [failed] * 6
     cells, estimates = [], []
+    shared = functools.cache(lambda: model_from_proto(optimized))  # loaded once, if it loads
     for target in TARGETS:
         variant = PER_TARGET.get(tool, {}).get(target)
-        model = (lambda: variant(proto)) if variant else (lambda: optimized)
-        est, text = notes.cell(tool, name, lambda: estimate(model_from_proto(model()), target),
+        model = (lambda: model_from_proto(variant(proto))) if variant else shared
+        est, text = notes.cell(tool, name, lambda: estimate(model(), target),
                                lambda e: f"{e.latency_ms:.3f}")
         if est is not None and tool == "original":
             baseline[target] = est.latency_ms

@@ -24,32 +24,16 @@ import time
 from dataclasses import replace
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.kernels import decompose
 from rewriter.cost.measure import read_csv
-from rewriter.cost.validate import Case, rewrite_pairs, validate_by, validate_gains, zoo_cases
-from rewriter.cost.zigzag_models import simulated_spec, zigzag_measure
-from rewriter.graph_io import Model, load_model
-from rewriter.samples import SHAPES, rapidocr_models, text_image
+from rewriter.cost.validate import (paddleocr_cases, rewrite_pairs, validate_by, validate_gains,
+                                    zoo_cases)
+from rewriter.cost.zigzag_models import simulate_kernels_ms, simulated_spec, target_accelerator
+from rewriter.graph_io import Model
 
 # The default set is ~750 distinct layers over both accelerators (~25 minutes uncached on a
 # shared 2-core VM); --full is ~1,260 (edge_tpu_like's mapping search is ~4x slower).
 DEFAULT = {"widths": (0.5, 1.0), "resolutions": (96,), "pair_resolution": 96}
 FULL = {"widths": (0.5, 1.0), "resolutions": (96, 160, 224), "pair_resolution": 160}
-
-
-def paddleocr_cases() -> list[Case]:
-    cases = []
-    for key, path in rapidocr_models(("cls", "det", "rec")).items():
-        # the detector's output is saturated on noise, too flat to verify a rewrite on
-        feeds = {"x": text_image(*SHAPES[key]["x"][2:], seed=0)} if key == "det" else None
-        cases.append(Case(f"paddleocr-{key}", load_model(path, SHAPES[key]), feeds))
-    return cases
-
-
-def layer_keys(models: list[Model]) -> set[tuple]:
-    """Signatures of the layers ZigZag simulates (MAC kernels, activation dropped)."""
-    return {spec.signature() for m in models for k in decompose(m)
-            if (spec := simulated_spec(k)) is not None}
 
 
 def main() -> int:
@@ -62,7 +46,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes = FULL if args.full else DEFAULT
     zoo = zoo_cases(widths=sizes["widths"], resolutions=sizes["resolutions"])
-    real = paddleocr_cases()
+    real = paddleocr_cases(("cls", "det", "rec"))
     cases = zoo + real
     pair_cases = [c for c in zoo if c.name.endswith(f"-r{sizes['pair_resolution']}")] + real
     progress = sys.stderr.isatty()
@@ -70,12 +54,21 @@ def main() -> int:
         start = time.perf_counter()
         target = Target.load(name)
         pairs = [pair for case in pair_cases for pair in rewrite_pairs(case, target)]
-        measure = zigzag_measure(target, workers=args.workers, progress=progress)
+        models = [c.model for c in cases] + [m for p in pairs for m in (p.before, p.after)]
         # every layer of every model in one batch, so the process pool stays full
-        measure([c.model for c in cases] + [m for p in pairs for m in (p.before, p.after)])
+        per_model = simulate_kernels_ms(models, target_accelerator(target),
+                                        clock_hz=target.profile.clock_hz, workers=args.workers,
+                                        progress=progress)
+        simulated = {id(m): sum(ms for _, ms in kernels) for m, kernels in zip(models, per_model)}
+
+        def measure(batch: list[Model]) -> list[float]:
+            return [simulated[id(m)] for m in batch]
+
         report = validate_by(target, cases, measure)
         gains = validate_gains(target, pairs, measure)
-        held_out = layer_keys([c.model for c in cases])
+        # the layers ZigZag simulates (MAC kernels, activation dropped)
+        held_out = {spec.signature() for kernels in per_model[:len(cases)] for k, _ in kernels
+                    if (spec := simulated_spec(k)) is not None}
         trained = {replace(r.spec, act="").signature() for r in read_csv(
             target.profile.measurements)}
         print(f"## {name} (ZigZag {target.profile.accelerator}, 1 GHz)\n")

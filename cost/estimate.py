@@ -86,9 +86,9 @@ class Target:
             if spec.kind in self.profile.free_kinds:
                 hit = (0.0, None)
             elif self._regressor is not None:
-                # Measured kernel time, less what measuring added, plus in-model dispatch.
-                ms = (float(self._regressor.predict_ms(spec))
-                      - self.profile.measurement_floor_s * 1e3 + self.profile.overhead_s * 1e3)
+                # Measured kernel time (the profiler's own cost already removed, see
+                # cost.measure) plus in-model dispatch.
+                ms = float(self._regressor.predict_ms(spec)) + self.profile.overhead_s * 1e3
                 hit = (max(ms, self.profile.overhead_s * 1e3), None)
             else:
                 from rewriter.cost.analytic import estimate_op

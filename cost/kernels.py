@@ -15,7 +15,7 @@ from math import prod
 import onnx_graphsurgeon as gs
 
 from rewriter.analysis.blocks import follow_bn_act
-from rewriter.cost.opspec import OpSpec, conv_kind
+from rewriter.cost.opspec import KNOWN_ACTIVATIONS, MAC_KINDS, OpSpec, conv_kind
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, conv_info
 
@@ -44,8 +44,7 @@ def _dims(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return 1, prod(shape) if shape else 1, 1, 1
 
 
-# Activations the measurement harness and the profiles know; others map to the nearest.
-KNOWN_ACTS = ("relu", "relu6", "hardswish", "sigmoid", "silu", "tanh")
+# Activations the measurement harness cannot build map to the nearest one it can.
 _ACT_ALIASES = {"hardsigmoid": "sigmoid", "clip": "relu6", "leakyrelu": "relu", "elu": "relu",
                 "prelu": "relu", "affine": "relu"}
 
@@ -53,7 +52,7 @@ _ACT_ALIASES = {"hardsigmoid": "sigmoid", "clip": "relu6", "leakyrelu": "relu", 
 def normalise_act(name: str) -> str:
     """'hardswish+affine' -> 'hardswish'; 'hardsigmoid' -> 'sigmoid'; unknown -> 'relu'."""
     base = name.split("+")[0]
-    if base in KNOWN_ACTS:
+    if base in KNOWN_ACTIVATIONS:
         return base
     return _ACT_ALIASES.get(base, "relu") if base else ""
 
@@ -77,7 +76,7 @@ def decompose(model: Model) -> list[Kernel]:
             continue
         spec = _spec(model, node, shapes)
         extra: list[gs.Node] = []
-        if spec is not None and spec.kind in ("conv", "conv1x1", "dwconv", "groupconv", "gemm"):
+        if spec is not None and spec.kind in MAC_KINDS:
             extra, act = _absorb(model, node.outputs[0], used)
             if act:
                 spec = replace(spec, act=normalise_act(act))

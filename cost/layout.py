@@ -28,7 +28,8 @@ def onnxruntime_reorders(model: Model, threads: int = 1) -> list[tuple[str, OpSp
     shapes = model.shapes
     with tempfile.TemporaryDirectory(prefix="rewriter-layout-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        session(model.to_onnx(), threads, optimized_path=str(path))
+        # onnxruntime infers the shapes it needs itself
+        session(model.to_onnx(infer_shapes=False), threads, optimized_path=str(path))
         optimized = onnx.load(str(path), load_external_data=False)
     found = []
     for node in optimized.graph.node:

@@ -393,19 +393,22 @@ def _relu_chain(length: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def profiler_floor_ms(threads: int = 1, repeats: int = 300) -> float:
+    """The profiled kernel time of one trivial op, which is almost all the profiler's own
+    cost per node: measure_specs removes it from every profiled node."""
+    return time_model(_relu_chain(1), repeats=repeats, threads=threads)
+
+
 def calibrate(threads: int = 1, repeats: int = 300) -> tuple[float, float]:
     """(in-model dispatch cost per node, the profiler's floor per node), in seconds.
 
     Dispatch: wall time of a chain of 101 trivial ops minus a chain of 1, per extra op
-    (no profiler): a measured profile's overhead_s. Floor: the profiled kernel time of one
-    trivial op, which is almost all the profiler's own cost: measure_specs removes it from
-    every profiled node.
+    (no profiler): a measured profile's overhead_s. Floor: `profiler_floor_ms`.
     """
     feeds = {"x": np.zeros((1, 8, 4, 4), np.float32)}
     one = wall_time(_relu_chain(1), feeds, repeats=repeats, threads=threads)
     many = wall_time(_relu_chain(101), feeds, repeats=repeats, threads=threads)
-    floor = time_model(_relu_chain(1), repeats=repeats, threads=threads)
-    return max(many - one, 0.0) / 100 / 1e3, floor / 1e3
+    return max(many - one, 0.0) / 100 / 1e3, profiler_floor_ms(threads, repeats) / 1e3
 
 
 def wall_time(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, *,
@@ -428,7 +431,7 @@ def measure_specs(specs: Iterable[OpSpec], *, repeats: int = 20, warmup: int = 3
     """Time every spec as a one-op model, the profiler's per-node floor removed."""
     specs = list(specs)
     device = device_name()
-    floor_ms = calibrate(threads)[1] * 1e3
+    floor_ms = profiler_floor_ms(threads)
     rows = []
     for spec in tqdm(specs, desc="measuring ops", unit="op", disable=not progress):
         ms = time_model(one_op_model(spec), repeats=repeats, warmup=warmup, threads=threads,

@@ -20,8 +20,6 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
     measurements                   "measured" only: CSV path, relative to the profile's folder
                                    or to cost/data/
     estimator                      "measured" only: "regression"
-    measurement_floor_s            "measured" only, optional: number >= 0, per-kernel time the
-                                   measurements include but a model run does not
     blocked_layout                 "measured" only, optional: true when the runtime converts
                                    tensors to/from a blocked layout (onnxruntime's NCHWc)
     free_kinds                     "measured" only, optional: op kinds that cost nothing on
@@ -56,7 +54,12 @@ _COMMON: dict[str, tuple[type, str]] = {
     "overhead_s": (float, "nonneg"), "bytes_per_element": (int, "pos"),
 }
 _MEASURED: dict[str, tuple[type, str]] = {"measurements": (str, ""), "estimator": (str, "")}
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+# "measured" only, optional (absent: HardwareProfile's defaults); rule "kinds": a list of op
+# kinds, "name": a non-empty string.
+_MEASURED_OPTIONAL: dict[str, tuple[type, str]] = {
+    "blocked_layout": (bool, ""), "free_kinds": (list, "kinds"), "accelerator": (str, "name"),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _MAC_OP = {"efficiency": (float, "frac")}
 _VECTOR_OP = {"lanes": (int, "pos"), "efficiency": (float, "frac")}
 _OP_KEYS: dict[str, dict[str, tuple[type, str]]] = {
@@ -96,9 +99,6 @@ class HardwareProfile:
     measurements: Path | None = None
     estimator: str | None = None
     source: Path | None = None
-    # "measured" only: per-kernel time the measurements include but a model run does not
-    # (onnxruntime's profiler's own cost per node); subtracted from every kernel estimate.
-    measurement_floor_s: float = 0.0
     # "measured" only: the runtime runs convs in a blocked layout (onnxruntime's NCHWc) and
     # converts tensors to and from it around the ops it cannot run blocked (cost/layout.py).
     blocked_layout: bool = False
@@ -141,8 +141,12 @@ def _check(path: Path, key: str, value: Any, typ: type, rule: str) -> Any:
     def fail(problem: str) -> ProfileError:
         return ProfileError(f"{path}: {key}: {problem}, got {value!r}")
 
+    if rule == "kinds":
+        if not isinstance(value, list) or any(k not in KINDS for k in value):
+            raise fail(f"expected a list of op kinds ({', '.join(KINDS)})")
+        return tuple(value)
     accepted = (int, float) if typ is float else typ
-    if isinstance(value, bool) or not isinstance(value, accepted):
+    if isinstance(value, bool) != (typ is bool) or not isinstance(value, accepted):
         raise fail(f"expected {_TYPE_NAMES[typ]}")
     if typ is float:
         value = float(value)
@@ -154,21 +158,25 @@ def _check(path: Path, key: str, value: Any, typ: type, rule: str) -> Any:
         raise fail("must be in (0, 1]")
     if rule == "nonneg" and value < 0:
         raise fail("must be >= 0")
+    if rule == "name" and not value:
+        raise fail("expected a non-empty name")
     return value
 
 
 def _table(path: Path, prefix: str, table: Any, schema: dict[str, tuple[type, str]],
-           required: bool = True) -> dict[str, Any]:
+           optional: dict[str, tuple[type, str]] | None = None) -> dict[str, Any]:
+    """The keys of `schema` (every one required) and of `optional`, checked."""
     if not isinstance(table, dict):
         raise ProfileError(f"{path}: {prefix.rstrip('.')}: expected a table, got {table!r}")
+    known = {**schema, **(optional or {})}
     for key in table:
-        if key not in schema:
+        if key not in known:
             raise ProfileError(f"{path}: {prefix}{key}: unknown key "
-                               f"(expected {', '.join(schema)})")
+                               f"(expected {', '.join(known)})")
     out = {}
-    for key, (typ, rule) in schema.items():
+    for key, (typ, rule) in known.items():
         if key not in table:
-            if required:
+            if key in schema:
                 raise ProfileError(f"{path}: {prefix}{key}: missing key")
             continue
         out[key] = _check(path, prefix + key, table[key], typ, rule)
@@ -198,29 +206,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: kind: expected \"analytic\" or \"measured\", got {kind!r}")
     schema = {**_COMMON, **(_MEASURED if kind == "measured" else {})}
     tables = {"ops", "activations"}
-    floor, blocked, free_kinds, accelerator = 0.0, False, (), None
-    if kind == "measured":
-        data = dict(data)
-        if "measurement_floor_s" in data:
-            floor = _check(path, "measurement_floor_s", data.pop("measurement_floor_s"), float,
-                           "nonneg")
-        if "free_kinds" in data:
-            free = data.pop("free_kinds")
-            if not isinstance(free, list) or any(k not in KINDS for k in free):
-                raise ProfileError(f"{path}: free_kinds: expected a list of op kinds "
-                                   f"({', '.join(KINDS)}), got {free!r}")
-            free_kinds = tuple(free)
-        if "accelerator" in data:
-            accelerator = _check(path, "accelerator", data.pop("accelerator"), str, "")
-            if not accelerator:
-                raise ProfileError(f"{path}: accelerator: expected a ZigZag accelerator name, "
-                                   "got ''")
-        if "blocked_layout" in data:
-            blocked = data.pop("blocked_layout")
-            if not isinstance(blocked, bool):
-                raise ProfileError(f"{path}: blocked_layout: expected true or false, "
-                                   f"got {blocked!r}")
-    top = _table(path, "", {k: v for k, v in data.items() if k not in tables}, schema)
+    top = _table(path, "", {k: v for k, v in data.items() if k not in tables}, schema,
+                 _MEASURED_OPTIONAL if kind == "measured" else None)
     ops_table = data.get("ops", {})
     if kind == "analytic" and "ops" not in data:
         raise ProfileError(f"{path}: ops: missing table (one [ops.<kind>] per op kind)")
@@ -255,6 +242,4 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
                                f"got {top['estimator']!r}")
         measurements = _measurements_path(path, top.pop("measurements"))
     return HardwareProfile(**top, ops=ops, activations=activations,
-                           measurements=measurements, source=path, measurement_floor_s=floor,
-                           blocked_layout=blocked, free_kinds=free_kinds,
-                           accelerator=accelerator)
+                           measurements=measurements, source=path)

@@ -101,6 +101,18 @@ def zoo_cases(quick: bool = False, widths: Sequence[float] | None = None,
     return cases
 
 
+def paddleocr_cases(keys: Sequence[str] = ("cls", "det")) -> list[Case]:
+    """PaddleOCR's models from the rapidocr wheel (`rewriter.samples`) at their analysis
+    shapes; the detector gets a synthetic text image, its output being saturated on noise,
+    too flat to verify a rewrite on."""
+    from rewriter.graph_io import load_model
+    from rewriter.samples import SHAPES, rapidocr_models, text_image
+
+    return [Case(f"paddleocr-{key}", load_model(path, SHAPES[key]),
+                 {"x": text_image(*SHAPES[key]["x"][2:], seed=0)} if key == "det" else None)
+            for key, path in rapidocr_models(keys).items()]
+
+
 def validate(
     target: Target,
     cases: Iterable[Case],
@@ -109,24 +121,22 @@ def validate(
     rounds: int = 3,
     threads: int = 1,
     progress: bool = True,
-    measure: Callable[..., float] | None = None,
 ) -> ValidationReport:
     """Each model is timed in `rounds` interleaved rounds (all models, then all again) and
     the lowest round median is kept, so a burst of load on a shared machine spoils one
     round of one model rather than its only measurement."""
     from rewriter.cost.measure import wall_time
 
-    timer = measure or wall_time
     cases = list(cases)
     protos = [c.model.to_onnx() for c in cases]
-    feeds = [c.feeds or {k: v[:1] for k, v in make_inputs(c.model, batch=1).items()}
-             for c in cases]
+    feeds = [c.feeds or make_inputs(c.model, batch=1) for c in cases]
     best = [float("inf")] * len(cases)
     steps = tqdm(total=rounds * len(cases), desc=f"validating {target.name}", unit="run",
                  disable=not progress)
     for _ in range(rounds):
         for i, proto in enumerate(protos):
-            best[i] = min(best[i], timer(proto, feeds[i], repeats=repeats, threads=threads))
+            best[i] = min(best[i], wall_time(proto, feeds[i], repeats=repeats,
+                                            threads=threads))
             steps.update(1)
     steps.close()
     rows = [Row(c.name, best[i], target.estimate(c.model).latency_ms)

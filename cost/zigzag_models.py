@@ -119,9 +119,8 @@ _ZIGZAG_LAYERS = ("Conv", "Gemm", "MatMul")  # the ONNX ops ZigZag's parser simu
 
 def static_onnx(model: Model) -> onnx.ModelProto:
     """`model` as ONNX with every tensor at its concrete shape (symbolic dims at 1)."""
-    proto = model.to_onnx()
+    proto = model.to_onnx(infer_shapes=False)  # no value_info: only the layers' is set below
     shapes = model.shapes
-    del proto.graph.value_info[:]
     for vi in (*proto.graph.input, *proto.graph.output):
         if vi.name in shapes:
             dims = vi.type.tensor_type.shape

@@ -20,10 +20,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.analysis.channels import FOLLOWER_INPUTS, NEUTRAL, channel_groups, weight_axis
+from rewriter.analysis.channels import FOLLOWER_INPUTS, Member, channel_groups, channel_params
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.graph_query import const_value, is_empty_input
+from rewriter.graph_query import const_value
 from rewriter.passes.base import Namer, Pass, Site, constant, finish
 
 
@@ -88,54 +88,21 @@ class AlignChannelsUp(AlignChannels):
         # Edit each node once, inserting at the highest offset first so offsets stay valid.
         for member in sorted(group.members, key=lambda m: -m.offset):
             node = new.node(member.node)
-            at = member.offset + group.channels
-            if member.role == "producer":
-                _pad_producer(node, pad, namer)
-            elif member.role == "consumer":
-                _pad_consumer(node, at, pad, namer)
-            else:
-                rank = len(new.shapes.get(node.outputs[0].name, (0, 0, 0, 0)))
-                _pad_follower(node, member.input_index, at, pad, namer, rank)
+            rank = len(new.shapes.get(node.outputs[0].name, (0, 0, 0, 0)))
+            for index, axis, fill in channel_params(node, member.role, member.input_index, rank):
+                values = const_value(node.inputs[index])
+                # A producer's new channels go last; the others' after the group's slice.
+                at = (values.shape[axis] if member.role == "producer"
+                      else member.offset + group.channels)
+                node.inputs[index] = constant(namer, f"{node.name}.{_tag(node, member, index)}"
+                                              "_aligned", _insert(values, axis, at, pad, fill))
+            if member.role == "follower" and node.op == "Conv":  # depthwise
+                node.attrs["group"] = int(node.attrs.get("group", 1)) + pad
         return finish(new)
 
 
-def _replace(node: gs.Node, index: int, values: np.ndarray, namer: Namer, tag: str) -> None:
-    node.inputs[index] = constant(namer, f"{node.name}.{tag}_aligned", values)
-
-
-def _pad_producer(node: gs.Node, pad: int, namer: Namer) -> None:
-    weight = const_value(node.inputs[1])
-    axis = weight_axis(node, "producer")
-    _replace(node, 1, _insert(weight, axis, weight.shape[axis], pad, 0.0), namer, "weight")
-    if len(node.inputs) > 2 and not is_empty_input(node.inputs[2]):
-        bias = const_value(node.inputs[2])
-        if bias.size > 1:
-            flat = bias.reshape(-1)
-            grown = _insert(flat, 0, flat.size, pad, 0.0)
-            _replace(node, 2, grown.reshape(bias.shape[:-1] + (grown.size,)) if bias.ndim > 1
-                     else grown, namer, "bias")
-
-
-def _pad_consumer(node: gs.Node, at: int, pad: int, namer: Namer) -> None:
-    weight = const_value(node.inputs[1])
-    _replace(node, 1, _insert(weight, weight_axis(node, "consumer"), at, pad, 0.0), namer,
-             "weight")
-
-
-def _pad_follower(node: gs.Node, index: int, at: int, pad: int, namer: Namer, rank: int) -> None:
-    if node.op == "Conv":  # depthwise: its filters are the channels
-        _replace(node, 1, _insert(const_value(node.inputs[1]), 0, at, pad, 0.0), namer, "weight")
-        if len(node.inputs) > 2 and not is_empty_input(node.inputs[2]):
-            _replace(node, 2, _insert(const_value(node.inputs[2]), 0, at, pad, 0.0), namer, "bias")
-        node.attrs["group"] = int(node.attrs.get("group", 1)) + pad
-        return
-    if node.op in FOLLOWER_INPUTS:
-        for i, fill in FOLLOWER_INPUTS[node.op].items():
-            if i < len(node.inputs) and const_value(node.inputs[i]) is not None:
-                values = const_value(node.inputs[i])
-                axis = 0 if values.ndim == 1 else 1
-                _replace(node, i, _insert(values, axis, at, pad, fill), namer, f"param{i}")
-        return
-    values = const_value(node.inputs[index])
-    axis = 1 - (rank - values.ndim)  # channel axis of the constant once broadcast
-    _replace(node, index, _insert(values, axis, at, pad, NEUTRAL[node.op]), namer, f"const{index}")
+def _tag(node: gs.Node, member: Member, index: int) -> str:
+    """How a padded constant's name says what it is."""
+    if member.role != "follower" or node.op == "Conv":
+        return "weight" if index == 1 else "bias"
+    return f"param{index}" if node.op in FOLLOWER_INPUTS else f"const{index}"

@@ -24,11 +24,11 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.analysis.channels import (FOLLOWER_INPUTS, ChannelAnalysis, ChannelGroup,
-                                        analyse_channels, follower_axis, weight_axis)
+from rewriter.analysis.channels import (ChannelAnalysis, ChannelGroup, analyse_channels,
+                                        channel_params, weight_axis)
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.graph_query import const_value, is_empty_input
+from rewriter.graph_query import const_value
 from rewriter.passes.base import Namer, constant, finish
 
 # (node name, role, input index) -> mask over that input's (or the output's) channel axis
@@ -81,12 +81,10 @@ def prune_groups(model: Model, counts: Mapping[str, int]) -> Model:
     rank = {name: len(shape) for name, shape in model.shapes.items()}
     for (name, role, index), mask in masks.items():
         node = nodes[name]
-        if role == "producer":
-            _prune_producer(node, mask, namer)
-        elif role == "consumer":
-            _cut(node, 1, weight_axis(node, "consumer"), mask, namer)
-        else:
-            _prune_follower(node, index, mask, namer, rank.get(node.outputs[0].name, 4))
+        for i, axis, _ in channel_params(node, role, index, rank.get(node.outputs[0].name, 4)):
+            _cut(node, i, axis, mask, namer)
+        if role == "follower" and node.op == "Conv":  # depthwise: one group per channel
+            node.attrs["group"] = int(mask.sum())
     _record(new, analysis, kept)
     for gid in kept:
         for member in groups[gid].by_role("consumer"):
@@ -120,31 +118,6 @@ def _cut(node: gs.Node, index: int, axis: int, mask: np.ndarray, namer: Namer) -
     values = const_value(node.inputs[index])
     node.inputs[index] = constant(namer, f"{node.name}.in{index}_pruned",
                                   np.compress(mask, values, axis=axis))
-
-
-def _has_bias(node: gs.Node) -> bool:
-    return len(node.inputs) > 2 and not is_empty_input(node.inputs[2])
-
-
-def _prune_producer(node: gs.Node, mask: np.ndarray, namer: Namer) -> None:
-    _cut(node, 1, weight_axis(node, "producer"), mask, namer)
-    if _has_bias(node) and const_value(node.inputs[2]).size > 1:
-        _cut(node, 2, -1, mask, namer)  # Conv bias [C]; Gemm C [N] or [1, N]
-
-
-def _prune_follower(node: gs.Node, index: int, mask: np.ndarray, namer: Namer,
-                    rank: int) -> None:
-    if node.op == "Conv":  # depthwise, multiplier 1: its filters are the channels
-        _cut(node, 1, 0, mask, namer)
-        if _has_bias(node):
-            _cut(node, 2, 0, mask, namer)
-        node.attrs["group"] = int(mask.sum())
-        return
-    indices = FOLLOWER_INPUTS.get(node.op, {index: 0.0})
-    for i in indices:
-        values = const_value(node.inputs[i]) if i < len(node.inputs) else None
-        if values is not None and values.size > 1:
-            _cut(node, i, follower_axis(node.op, values.ndim, rank), mask, namer)
 
 
 def _record(new: Model, analysis: ChannelAnalysis, kept: Mapping[str, np.ndarray]) -> None:

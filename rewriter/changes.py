@@ -23,7 +23,8 @@ class ArchitectureChanges:
         of the channels this tensor still carries (absent: all channels kept).
     refit: names of Conv/Gemm/MatMul nodes whose weights must be refitted, in the order
         they were added (refit sorts them topologically).
-    passes: "pass@site" for every architecture change applied, in order.
+    passes: "pass@site" for every architecture change applied, in order (the label
+        `rewriter apply` writes into the model's metadata).
     """
 
     kept_channels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -33,10 +34,6 @@ class ArchitectureChanges:
     def copy(self) -> "ArchitectureChanges":
         # Index arrays are never edited in place (prune() replaces them), so sharing is safe.
         return ArchitectureChanges(dict(self.kept_channels), list(self.refit), list(self.passes))
-
-    @property
-    def empty(self) -> bool:
-        return not (self.kept_channels or self.refit or self.passes)
 
     def kept(self, tensor: str, channels: int) -> np.ndarray:
         """Original channel indices carried by `tensor`, which now has `channels` channels."""

@@ -97,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-activations", metavar="BYTES", help="peak activation budget, e.g. 2M")
     p.add_argument("--budget", metavar="N|Ns", help="candidates (500) or seconds (30s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--exact", action="store_true", default=True,
-                   help="exact rewrites only (the default)")
-    p.add_argument("--allow-architecture-changes", action="store_true",
-                   help="also rewrites that change the function (fuse-ibn, "
-                        "align-channels-down, depth-multiplier), weights refitted")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--exact", action="store_true", help="exact rewrites only (the default)")
+    mode.add_argument("--allow-architecture-changes", action="store_true",
+                      help="also rewrites that change the function (fuse-ibn, "
+                           "align-channels-down, depth-multiplier), weights refitted")
     p.add_argument("--min-fidelity", type=float, default=0.99, metavar="COS",
                    help="lowest mean cosine similarity of any output to the original's on "
                         "held-out calibration inputs (default 0.99)")
@@ -532,6 +532,7 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
     from rewriter.passes import get_pass
     from rewriter.reconstruct import refit
     from rewriter.rewrite import apply_pass
+    from rewriter.staged import sample_count
 
     if not args.allow_architecture_changes:
         raise BadInputError(f"{rule.name} changes the architecture (the model computes "
@@ -546,8 +547,7 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
     fidelity = measure_fidelity(folded, result.model, held_out)
     if result.applied:
         result.model.metadata["rewriter.architecture_changed"] = (
-            ",".join(f"{s.pass_name}@{s.id}" for s in result.applied)
-            + "; fine-tune before use")
+            ",".join(result.model.changes.passes) + "; fine-tune before use")
         save_model(result.model, out)
     summary = {"model": args.model, "pass": rule.name, "exact": False,
                "applied": [s.to_dict() for s in result.applied],
@@ -559,9 +559,8 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"applied  {rule.name} at {len(result.applied)} sites (weights refitted on "
-          f"{sum(len(next(iter(b.values()))) for b in fit)} calibration inputs)")
-    print(f"fidelity on {sum(len(next(iter(b.values()))) for b in held_out)} held-out inputs: "
-          f"{fidelity.summary()}")
+          f"{sample_count(fit)} calibration inputs)")
+    print(f"fidelity on {sample_count(held_out)} held-out inputs: {fidelity.summary()}")
     if result.applied:
         print(f"wrote {out} (architecture changed: fine-tune before use)")
     return 0
@@ -591,7 +590,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rewriter.cost.measure import MeasurementError
     from rewriter.cost.profile import ProfileError
     from rewriter.cost.regression import EstimatorError
-
     from rewriter.cost.zigzag import ZigZagError
 
     return (ProfileError, MeasurementError, EstimatorError, ZigZagError)

@@ -16,7 +16,7 @@ import numpy as np
 
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.runtime import run_model
+from rewriter.staged import collect
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,11 @@ class Fidelity:
 
 def measure_fidelity(original: Model, candidate: Model,
                      batches: Sequence[Mapping[str, np.ndarray]]) -> Fidelity:
-    ref_proto, new_proto = original.to_onnx(), candidate.to_onnx()
-    refs: dict[str, list[np.ndarray]] = {}
-    news: dict[str, list[np.ndarray]] = {}
-    for feeds in batches:
-        for store, proto in ((refs, ref_proto), (news, new_proto)):
-            for name, value in run_model(proto, feeds).items():
-                store.setdefault(name, []).append(value.astype(np.float64))
+    refs = collect(original, batches)  # one session per model for all the batches
+    news = collect(candidate, batches, list(refs))
     outputs = []
     for name in refs:
-        y0, y = np.concatenate(refs[name]), np.concatenate(news[name])
+        y0, y = refs[name].astype(np.float64), news[name].astype(np.float64)
         flat0, flat = y0.reshape(len(y0), -1), y.reshape(len(y), -1)
         norms = np.linalg.norm(flat0, axis=1) * np.linalg.norm(flat, axis=1)
         cosine = float(np.mean(np.sum(flat0 * flat, axis=1) / np.maximum(norms, 1e-30)))

@@ -28,7 +28,6 @@ outputs) * 8 bytes under ROW_BYTES.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -38,23 +37,13 @@ from rewriter.errors import BadInputError, UnsupportedError
 from rewriter.graph_io import Model
 from rewriter.graph_query import ConvInfo, const_value, conv_info, is_empty_input
 from rewriter.passes.base import Namer, constant
-from rewriter.staged import StagedRun, stream
+from rewriter.staged import Batches, StagedRun, sample_count, stream
 
 ROW_BYTES = 200_000_000  # bound on the float64 design and target matrices of one fit
 ROWS_PER_FEATURE = 64  # rows beyond this many per feature barely change a fit, but cost
 MIN_ROWS = 4096
 SCARCITY = 0.3  # ridge added per squared feature/row ratio (see the module docstring)
-Batches = Sequence[Mapping[str, np.ndarray]]
 _BLAS = ThreadpoolController()
-
-
-def collect(model: Model, batches: Batches, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Values of tensors `names` over all calibration batches (concatenated on axis 0)."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for values in stream(model.to_onnx(), batches, names):
-        for name in names:
-            parts[name].append(values[name])
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 # -- the math -------------------------------------------------------------------------
@@ -120,13 +109,6 @@ def solve_ridge(features: np.ndarray, targets: np.ndarray, lam: float = 1e-3,
     return weights.transpose(0, 2, 1), bias
 
 
-def ridge(features: np.ndarray, targets: np.ndarray, lam: float = 1e-3,
-          scarcity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """features [R, F], targets [R, O] -> (weights [O, F], bias [O]); see solve_ridge."""
-    weights, bias = solve_ridge(features[None], targets[None], lam, scarcity=scarcity)
-    return weights[0], bias[0]
-
-
 def fit_conv(patches: np.ndarray, targets: np.ndarray, info: ConvInfo, lam: float = 1e-3,
              scarcity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Conv weights [Cout, Cin/g, Kh, Kw] and bias [Cout] from patches [R, Cin*Kh*Kw] and
@@ -179,8 +161,8 @@ def refit(original: Model, model: Model, batches: Batches, ridge: float = 1e-3,
         return new
     if not batches:
         raise BadInputError("refit needs calibration inputs (at least one batch)")
-    samples = sum(len(next(iter(feeds.values()))) for feeds in batches)
-    runner = StagedRun(new.to_onnx(), batches)
+    samples = sample_count(batches)
+    runner = StagedRun(new.to_onnx(infer_shapes=False), batches)  # slices carry no shapes
     layers = _layers(new, runner, samples)
     targets = _targets(original, batches, layers)
     namer = Namer(new.graph)
@@ -244,7 +226,7 @@ def _rows_of(layer: _Layer, value: np.ndarray) -> np.ndarray:
 def _targets(original: Model, batches: Batches, layers: list[_Layer]) -> dict[str, np.ndarray]:
     """The original's output of every layer on its sampled rows and kept channels, from
     one run of the original (reduced batch by batch, so memory stays bounded)."""
-    proto = original.to_onnx()
+    proto = original.to_onnx(infer_shapes=False)  # onnxruntime infers shapes itself
     known = {t.name for node in original.graph.nodes for t in node.outputs}
     missing = [layer.output for layer in layers if layer.output not in known]
     if missing:

@@ -6,6 +6,7 @@ model again after each refit would cost one forward pass (and one onnxruntime se
 refitted node; instead the sorted node list is cut just before each refitted node, each
 slice becomes a small model whose inputs are the tensors live at the cut, and the live
 tensors are carried over in numpy. Every node runs once, in one session per slice.
+`stream` and `collect` run a whole model over the batches in one session.
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from rewriter.graph_io import Model
 from rewriter.runtime import run_session, session, with_outputs
 
+Batches = Sequence[Mapping[str, np.ndarray]]
 
-def stream(proto: onnx.ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
+
+def sample_count(batches: Batches) -> int:
+    """How many inputs `batches` hold in all."""
+    return sum(len(next(iter(feeds.values()))) for feeds in batches)
+
+
+def stream(proto: onnx.ModelProto, batches: Batches,
            names: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
     """The tensors `names`, batch by batch, from one onnxruntime session."""
     sess = session(with_outputs(proto, names))
@@ -27,11 +36,23 @@ def stream(proto: onnx.ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
         yield run_session(sess, feeds, names)
 
 
+def collect(model: Model, batches: Batches, names: Sequence[str] | None = None
+            ) -> dict[str, np.ndarray]:
+    """Values of tensors `names` (default: the graph outputs) over all batches, from one
+    session, concatenated on axis 0."""
+    proto = model.to_onnx(infer_shapes=False)  # onnxruntime infers shapes itself
+    names = [o.name for o in proto.graph.output] if names is None else list(names)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for values in stream(proto, batches, names):
+        for name in names:
+            parts[name].append(values[name])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
 class StagedRun:
     """Runs `proto`'s nodes (topologically sorted) in slices over every batch."""
 
-    def __init__(self, proto: onnx.ModelProto,
-                 batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+    def __init__(self, proto: onnx.ModelProto, batches: Batches) -> None:
         self.proto = proto
         self.nodes = list(proto.graph.node)
         self.initializers = {t.name: t for t in proto.graph.initializer}

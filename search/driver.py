@@ -28,7 +28,7 @@ import numpy as np
 from rewriter.analysis.memory import MemoryStats
 from rewriter.fidelity import Fidelity, calibration_split, measure_fidelity
 from rewriter.cost.estimate import ModelEstimate, Target
-from rewriter.cost.memory import check_budget
+from rewriter.cost.memory import Violation, check_budget
 from rewriter.errors import BadInputError, BudgetError, VerificationError
 from rewriter.graph_io import Model, load_model
 from rewriter.search.space import DEFAULT_MULTIPLIERS, Batches, Genome, Score, SearchSpace
@@ -232,16 +232,11 @@ def _pareto(scores: Mapping[Genome, Score], feasible, chosen: Genome
 
 
 def _no_candidate(evaluator: _Evaluator) -> BudgetError:
-    max_params, max_acts = evaluator.limits
-
-    def excess(score: Score) -> float:
+    def violation(score: Score) -> Violation:
         stats = MemoryStats(0, score.param_bytes, score.peak_activation_bytes, "")
-        check = check_budget(stats, max_params, max_acts)
-        return max(v.over_by / v.limit for v in check.violations)
+        return check_budget(stats, *evaluator.limits).binding
 
-    closest = min(evaluator.scores.values(), key=excess)
-    stats = MemoryStats(0, closest.param_bytes, closest.peak_activation_bytes, "")
-    binding = check_budget(stats, max_params, max_acts).binding
+    binding = min(map(violation, evaluator.scores.values()), key=lambda v: v.over_by / v.limit)
     return BudgetError(f"no candidate meets the memory budget: even the closest, "
                        f"{binding.describe()} (exact rewrites cannot shrink this model further)")
 
@@ -252,7 +247,8 @@ class _FidelityGuard:
 
     Fidelity is measured, never simulated: each measurement builds the architecture
     changes, refits their weights on the fitting inputs and compares every output with the
-    original's on the held-out inputs (cached per set of changes). If the search's choice
+    original's on the held-out inputs (cached per set of changes that take effect; the last
+    refitted model that passes is kept for the driver to write). If the search's choice
     misses the floor: measure each change alone (its sensitivity), rank the changes that
     pass alone by latency gain / (1 - cosine), and keep the longest prefix of that ranking
     that passes (binary search, assuming fidelity falls as changes are added; the prefix
@@ -263,7 +259,8 @@ class _FidelityGuard:
                  floor: float) -> None:
         self.space, self.evaluator = space, evaluator
         self.fit, self.held, self.floor = fit, held, floor
-        self.cache: dict[frozenset[int], Fidelity] = {}
+        self.cache: dict[frozenset[int], Fidelity] = {}  # effective changes -> fidelity
+        self._kept: tuple[frozenset[int], Model] | None = None
 
     def _with(self, base: Genome, genes: Sequence[int]) -> Genome:
         genome = list(base)
@@ -271,11 +268,22 @@ class _FidelityGuard:
             genome[index] = 1
         return tuple(genome)
 
+    def model(self, genome: Genome) -> Model:
+        """The genome's architecture changes, built and refitted (once: the model of the
+        last set of changes that passed the floor is kept)."""
+        key = frozenset(self.space.architecture_genes(genome))
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        return self.space.build_architecture(genome, self.fit)
+
     def measure(self, base: Genome, genes: Sequence[int]) -> Fidelity:
-        key = frozenset(genes)
+        genome = self._with(base, genes)
+        key = frozenset(self.space.architecture_genes(genome))  # what the built model has
         if key not in self.cache:
-            model = self.space.build_architecture(self._with(base, genes), self.fit)
+            model = self.space.build_architecture(genome, self.fit)
             self.cache[key] = measure_fidelity(self.space.canonical, model, self.held)
+            if self.cache[key].min_cosine >= self.floor:
+                self._kept = (key, model)
         return self.cache[key]
 
     def passes(self, base: Genome, genes: Sequence[int]) -> bool:
@@ -356,7 +364,7 @@ def optimize(
     if evaluator.best is None:
         raise _no_candidate(evaluator)
     genome = _prune(evaluator, evaluator.best[0])
-    fit: Batches | None = None
+    guard: _FidelityGuard | None = None
     held: Batches = []
     warnings: list[str] = []
     notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
@@ -382,7 +390,7 @@ def optimize(
         decisions.append(Decision(gene.pass_name, gene.site, gene.description,
                                   without.latency_ms - final.latency_ms, gene.exact))
     changed = [d for d in decisions if not d.exact]
-    architecture = space.build_architecture(genome, fit) if changed else original
+    architecture = guard.model(genome) if guard is not None and changed else original
     built = space.build_exact(architecture if changed else space.canonical, genome)
     report = verify(architecture, built, inputs, seed=seed)
     if changed and report.refused:

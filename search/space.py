@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from math import prod
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -83,7 +83,8 @@ class _Fusion:
     first: int  # kernel removed
     second: int  # kernel that becomes a dense conv reading the first one's input
     border: bool  # fuse-linear-conv's exact border bias map (an Add)
-    removed_nodes: tuple[str, ...]  # nodes of the first kernel (conv and its activation)
+    skipped: tuple[int, ...]  # steps of the first kernel's nodes (conv and its activation)
+    reads: tuple[int, str]  # (step of the second kernel, the first kernel's input it now reads)
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,17 @@ class SearchSpace:
     def __init__(self, model: Model, target: Target, *, architecture: bool = False,
                  multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
                  passes: Sequence[str] | None = None) -> None:
-        self.original = model
         self.target = target
-        self.architecture = architecture
         self.multiple = target.profile.parallelism_out
         self.canonical = apply_pass(model, get_pass("fold-bn")).model
-        self.kernels = [self._info(k) for k in decompose(self.canonical)]
+        nodes = {n.name: n for n in self.canonical.graph.nodes}
+        self.kernels = [self._info(k, nodes) for k in decompose(self.canonical)]
         analysis = analyse_channels(self.canonical)
         self.layout = analysis.layout
         self.channels0 = {g.id: g.channels for g in analysis.groups}
-        shapes = self.canonical.shapes
-        self.size0 = {name: prod(shape) * 4 for name, shape in shapes.items()}
         self.inputs = [t.name for t in self.canonical.graph.inputs]
         self.outputs = {t.name for t in self.canonical.graph.outputs}
+        self._step = {name: i for i, name in enumerate(nodes)}
         self.genes: list[Gene] = []
         self._align_up: dict[int, str] = {}  # gene -> group id
         self._align_down: dict[int, tuple[str, int]] = {}  # gene -> (group id, channels)
@@ -132,17 +131,15 @@ class SearchSpace:
         for name in order:
             levels = multipliers if name == "depth-multiplier" else (None,)
             for level in levels:
-                rule = (get_pass(name, self.multiple, multiplier=level) if level is not None
-                        else get_pass(name, self.multiple))
+                rule = get_pass(name, self.multiple, multiplier=level)
                 for site in rule.sites(self.canonical):
                     if self._add_gene(len(self.genes), name, site, by_node):
                         self.genes.append(Gene(name, site.id, site.description,
                                                PASSES[name].exact, level))
-        self.base_ms = [target.kernel(k.kernel.spec)[0] for k in self.kernels]
-        self._step = {n.name: i for i, n in enumerate(self.canonical.graph.nodes)}
         self._node_io = node_io(self.canonical)
         self._last_use = last_uses(self._node_io, self.outputs)
         self.base_param_bytes = memory_stats(self.canonical).param_bytes
+        self._prepare_scoring()
 
     def _add_gene(self, index: int, name: str, site, by_node: dict[str, int]) -> bool:
         detail = site.detail
@@ -160,14 +157,17 @@ class SearchSpace:
             first, second = site.nodes[0], site.nodes[-1]
             if first not in by_node or second not in by_node:
                 return False
-            self._fuse[index] = _Fusion(by_node[first], by_node[second],
-                                        bool(detail.get("border_term", False)), site.nodes[:-1])
+            first_kernel, second_kernel = by_node[first], by_node[second]
+            self._fuse[index] = _Fusion(
+                first_kernel, second_kernel, bool(detail.get("border_term", False)),
+                tuple(self._step[node] for node in site.nodes[:-1]),
+                (self._step[second], self.kernels[first_kernel].input))
             if name == "fuse-ibn":
                 self._ibn.add(index)
         return True
 
-    def _info(self, kernel: Kernel) -> _KernelInfo:
-        first, last = self.canonical.node(kernel.nodes[0]), self.canonical.node(kernel.nodes[-1])
+    def _info(self, kernel: Kernel, nodes: Mapping[str, gs.Node]) -> _KernelInfo:
+        first, last = nodes[kernel.nodes[0]], nodes[kernel.nodes[-1]]
         first_in = next((t.name for t in first.inputs if isinstance(t, gs.Variable)), "")
         return _KernelInfo(kernel, first_in, last.outputs[0].name)
 
@@ -220,64 +220,128 @@ class SearchSpace:
         return sorted(self._state(genome).effective)
 
     # -- scoring ---------------------------------------------------------------------
-    def _channels(self, tensor: str, groups: dict[str, int], default: int) -> int:
+    def _prepare_scoring(self) -> None:
+        """What `score` needs per genome, computed once: which kernels and tensors each
+        channel group touches, every kernel's cost when no gene touches it, and the
+        activation size of every tensor the liveness reads."""
+        self._kernel_costs: dict[tuple, tuple[float, ...]] = {}
+        self._peaks: dict[frozenset[int], int] = {}  # effective genes but dense -> peak
+        self._dense_genes = frozenset(self._dense)
+        self._group_kernels: dict[str, set[int]] = {}
+        for index, info in enumerate(self.kernels):
+            for tensor in (info.input, info.output):
+                for group, _ in self.layout.get(tensor) or ():
+                    self._group_kernels.setdefault(group, set()).add(index)
+        self._static = [self._kernel_cost(index, {}, None, False)
+                        for index in range(len(self.kernels))]
+        shapes = self.canonical.shapes
+        names = {*self.inputs, *(name for io in self._node_io for part in io for name in part)}
+        self._sizes0 = {name: prod(shapes[name]) * 4 if name in shapes else 0 for name in names}
+        self._group_tensors: dict[str, set[str]] = {}
+        self._unsized: set[str] = set()  # tensors of zero channels in their layout
+        for tensor, segments in self.layout.items():
+            if tensor not in self._sizes0:
+                continue
+            for group, _ in segments:
+                self._group_tensors.setdefault(group, set()).add(tensor)
+            if segments and not sum(width for _, width in segments):
+                self._unsized.add(tensor)
+
+    def _channels(self, tensor: str, groups: Mapping[str, int], default: int) -> int:
         segments = self.layout.get(tensor)
         if not segments:
             return default
         return sum(groups.get(group, width) for group, width in segments)
 
+    def _kernel_cost(self, index: int, groups: Mapping[str, int], fusion: _Fusion | None,
+                     dense: bool) -> tuple[float, ...]:
+        """Kernel `index` under a genome's channel counts, fusion and dense choice: its
+        latency terms in the order they are summed (a fusion's border term first), then
+        the weight elements it adds. Cached by what decides them."""
+        info = self.kernels[index]
+        spec = info.kernel.spec
+        cin = self._channels(info.input, groups, spec.cin)
+        cout = self._channels(info.output, groups, spec.cout)
+        kind, groups_attr = spec.kind, spec.groups
+        if spec.kind == "dwconv" and spec.cin == spec.cout:
+            groups_attr = cin
+        if fusion is not None:
+            source = self.kernels[fusion.first]
+            cin = self._channels(source.input, groups, source.kernel.spec.cin)
+        if dense or fusion is not None:
+            groups_attr = 1
+            kind = "conv1x1" if (spec.kh, spec.kw) == (1, 1) else "conv"
+        key = (index, cin, cout, groups_attr, kind, fusion)
+        hit = self._kernel_costs.get(key)
+        if hit is None:
+            hit = self._kernel_costs[key] = self._new_cost(spec, cin, cout, groups_attr, kind,
+                                                           fusion)
+        return hit
+
+    def _new_cost(self, spec: OpSpec, cin: int, cout: int, groups: int, kind: str,
+                  fusion: _Fusion | None) -> tuple[float, ...]:
+        terms, weight_delta = [], 0
+        if fusion is not None:
+            weight_delta -= self.kernels[fusion.first].kernel.spec.weight_elements
+            if fusion.border:
+                terms.append(self.target.kernel(OpSpec(
+                    kind="elementwise", n=spec.n, cin=cout, cout=cout, h_in=spec.h_out,
+                    w_in=spec.w_out, h_out=spec.h_out, w_out=spec.w_out, n_inputs=2))[0])
+                weight_delta += cout * spec.h_out * spec.w_out
+        if (cin, cout, groups, kind) == (spec.cin, spec.cout, spec.groups, spec.kind):
+            terms.append(self.target.kernel(spec)[0])
+        else:
+            new = replace(spec, cin=cin, cout=cout, groups=groups, kind=kind)
+            terms.append(self.target.kernel(new)[0])
+            weight_delta += new.weight_elements - spec.weight_elements
+        return (*terms, weight_delta)
+
     def score(self, genome: Genome) -> Score:
         state = self._state(genome)
-        groups, fusions = state.channels, state.fusions
-        removed = {f.first for f in fusions.values()}
+        groups, fusions, dense = state.channels, state.fusions, state.dense
+        touched = set(dense)
+        touched.update(fusions)
+        for group in groups:
+            touched.update(self._group_kernels.get(group, ()))
+        removed = {fusion.first for fusion in fusions.values()}
         latency = 0.0
         weight_delta = 0
-        for index, info in enumerate(self.kernels):
+        for index, static in enumerate(self._static):
             if index in removed:
                 continue
-            spec = info.kernel.spec
-            cin = self._channels(info.input, groups, spec.cin)
-            cout = self._channels(info.output, groups, spec.cout)
-            kind, groups_attr = spec.kind, spec.groups
-            if spec.kind == "dwconv" and spec.cin == spec.cout:
-                groups_attr = cin
-            fusion = fusions.get(index)
-            if fusion is not None:
-                source = self.kernels[fusion.first]
-                cin = self._channels(source.input, groups, source.kernel.spec.cin)
-                weight_delta -= source.kernel.spec.weight_elements
-                if fusion.border:
-                    latency += self.target.kernel(OpSpec(
-                        kind="elementwise", n=spec.n, cin=cout, cout=cout, h_in=spec.h_out,
-                        w_in=spec.w_out, h_out=spec.h_out, w_out=spec.w_out, n_inputs=2))[0]
-                    weight_delta += cout * spec.h_out * spec.w_out
-            if index in state.dense or fusion is not None:
-                groups_attr = 1
-                kind = "conv1x1" if (spec.kh, spec.kw) == (1, 1) else "conv"
-            if (cin, cout, groups_attr, kind) == (spec.cin, spec.cout, spec.groups, spec.kind):
-                latency += self.base_ms[index]
-            else:
-                new = replace(spec, cin=cin, cout=cout, groups=groups_attr, kind=kind)
-                latency += self.target.kernel(new)[0]
-                weight_delta += new.weight_elements - spec.weight_elements
-        skipped = {self._step[name] for f in fusions.values() for name in f.removed_nodes}
-        redirect = {self._step[self.kernels[b].kernel.nodes[0]]: self.kernels[f.first].input
-                    for b, f in fusions.items()}
-        return Score(latency, self.base_param_bytes + 4 * weight_delta,
-                     self._peak(groups, skipped, redirect))
+            parts = (static if index not in touched else
+                     self._kernel_cost(index, groups, fusions.get(index), index in dense))
+            if len(parts) == 3:  # a fusion's border term, summed before its conv
+                latency += parts[0]
+            latency += parts[-2]
+            weight_delta += parts[-1]
+        # Dense genes change no tensor, so the peak is shared by genomes that differ in them.
+        key = state.effective - self._dense_genes
+        peak = self._peaks.get(key)
+        if peak is None:
+            peak = self._peaks[key] = self._peak(groups, fusions.values())
+        return Score(latency, self.base_param_bytes + 4 * weight_delta, peak)
 
-    def _scaled(self, tensor: str, groups: dict[str, int]) -> int:
-        base = self.size0.get(tensor, 0)
-        segments = self.layout.get(tensor)
-        if not segments or not groups:
-            return base
-        c0 = sum(w for _, w in segments)
-        return base * self._channels(tensor, groups, c0) // max(c0, 1)
-
-    def _peak(self, groups: dict[str, int], skipped: set[int], redirect: dict[int, str]) -> int:
-        """Node-level liveness, as rewriter.analysis.memory computes it on a built model."""
-        return liveness_peak(self._node_io, self.inputs, lambda name: self._scaled(name, groups),
-                             self._last_use, skipped, redirect)[0]
+    def _peak(self, groups: Mapping[str, int], fusions: Iterable[_Fusion]) -> int:
+        """Node-level liveness, as rewriter.analysis.memory computes it on a built model;
+        a tensor's size scales with the channels its groups have in the genome, a fusion
+        skips the first conv's nodes and has the second read the first one's input."""
+        skipped: set[int] = set()
+        redirect: dict[int, str] = {}
+        for fusion in fusions:
+            skipped.update(fusion.skipped)
+            redirect[fusion.reads[0]] = fusion.reads[1]
+        sizes = self._sizes0
+        if groups:
+            sizes = dict(sizes)
+            scaled = set(self._unsized)
+            for group in groups:
+                scaled.update(self._group_tensors.get(group, ()))
+            for tensor in scaled:
+                c0 = sum(width for _, width in self.layout[tensor])
+                sizes[tensor] = sizes[tensor] * self._channels(tensor, groups, c0) // max(c0, 1)
+        return liveness_peak(self._node_io, self.inputs, sizes.__getitem__, self._last_use,
+                             skipped, redirect)[0]
 
     # -- building ----------------------------------------------------------------------
     def exact_part(self, genome: Genome) -> Genome:
@@ -289,14 +353,11 @@ class SearchSpace:
 
     def _apply(self, model: Model, chosen: set[int], names: Sequence[str]) -> Model:
         for name in names:
-            picked = [i for i in sorted(chosen) if self.genes[i].pass_name == name]
-            if name == "depth-multiplier":
-                for i in picked:  # at most one is effective
-                    rule = get_pass(name, self.multiple, multiplier=self.genes[i].multiplier)
-                    model = apply_pass(model, rule, [self.genes[i].site]).model
-            elif picked:
-                model = apply_pass(model, get_pass(name, self.multiple),
-                                   [self.genes[i].site for i in picked]).model
+            picked = [self.genes[i] for i in sorted(chosen) if self.genes[i].pass_name == name]
+            # One rule per multiplier (depth-multiplier genes; at most one is effective).
+            for level in dict.fromkeys(gene.multiplier for gene in picked):
+                model = apply_pass(model, get_pass(name, self.multiple, multiplier=level),
+                                   [gene.site for gene in picked if gene.multiplier == level]).model
         return model
 
     def build_architecture(self, genome: Genome, calibration: Batches | None = None) -> Model:

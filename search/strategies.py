@@ -43,13 +43,18 @@ def greedy(evaluate: Evaluate, genes: int, exhausted: Callable[[], bool],
         _, _, current, best = min(moves)
 
 
+def _random_genome(rng: random.Random, genes: int) -> Genome:
+    """Each gene on with a probability drawn per genome."""
+    p = rng.random()
+    return tuple(int(rng.random() < p) for _ in range(genes))
+
+
 def random_search(evaluate: Evaluate, genes: int, exhausted: Callable[[], bool],
                   rng: random.Random) -> None:
-    """The baseline: genomes with each gene on with a probability drawn per genome."""
+    """The baseline: random genomes (`_random_genome`)."""
     evaluate(tuple([0] * genes))
     while not exhausted():
-        p = rng.random()
-        evaluate(tuple(int(rng.random() < p) for _ in range(genes)))
+        evaluate(_random_genome(rng, genes))
 
 
 def evolution(evaluate: Evaluate, genes: int, exhausted: Callable[[], bool],
@@ -65,8 +70,7 @@ def evolution(evaluate: Evaluate, genes: int, exhausted: Callable[[], bool],
     seed = tuple([0] * genes)
     members.append((seed, fitness(seed)))
     while len(members) < population and not exhausted():
-        p = rng.random()
-        genome = tuple(int(rng.random() < p) for _ in range(genes))
+        genome = _random_genome(rng, genes)
         members.append((genome, fitness(genome)))
     while not exhausted() and genes:
         parent = min(rng.sample(list(members), min(sample, len(members))), key=lambda m: m[1])[0]

@@ -15,8 +15,9 @@ from rewriter.errors import BadInputError
 from rewriter.fidelity import calibration_batches, measure_fidelity
 from rewriter.passes import get_pass
 from rewriter.passes.align_channels_down import AlignChannelsDown
-from rewriter.reconstruct import collect, refit
+from rewriter.reconstruct import refit
 from rewriter.rewrite import apply_pass
+from rewriter.staged import collect
 from rewriter.zoo import fixtures
 from tests.helpers import load
 

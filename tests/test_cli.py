@@ -56,6 +56,8 @@ def test_inspect_json_has_the_documented_keys(small_model, capsys):
     (["inspect", "{model}", "--input-shape", "x=1x3"], "rank 2"),
     (["apply", "{model}", "--pass", "dw-to-dense", "-o", "{model}"], "overwrite the input"),
     (["bogus"], "invalid choice"),
+    (["optimize", "{model}", "--target", "npu-p32", "--exact", "--allow-architecture-changes",
+      "-o", "{out}"], "not allowed with argument --exact"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, small_model, args, message):
     junk = tmp_path / "junk.onnx"

@@ -57,10 +57,12 @@ def test_cache_is_reused(measured, monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("simulated a cached spec")
 
     monkeypatch.setattr(zz, "simulate_cycles", fail)
-    again = zz.measure_zigzag([DW, CONV], "edge_tpu_like", cache_dir=cache_dir, progress=False)
+    # workers=1: a miss would simulate in this process, where `fail` is patched in
+    again = zz.measure_zigzag([DW, CONV], "edge_tpu_like", cache_dir=cache_dir, workers=1,
+                              progress=False)
     assert again == [first[1], first[0]]
     slower = zz.measure_zigzag([CONV], "edge_tpu_like", cache_dir=cache_dir, clock_hz=5e8,
-                               progress=False)
+                               workers=1, progress=False)
     assert slower[0].latency_ms == pytest.approx(2 * first[0].latency_ms)
 
 

@@ -13,8 +13,9 @@ from rewriter.cost.estimate import Target
 from rewriter.fidelity import measure_fidelity
 from rewriter.passes import get_pass
 from rewriter.passes.fuse_ibn import FuseIBN
-from rewriter.reconstruct import collect, refit
+from rewriter.reconstruct import refit
 from rewriter.rewrite import apply_pass
+from rewriter.staged import collect
 from tests.helpers import load
 
 

@@ -42,6 +42,20 @@ def test_simulated_score_equals_estimate_of_built_model(name, target):
         assert score.peak_activation_bytes == built.peak_activation_bytes
 
 
+@pytest.mark.parametrize("architecture", [False, True])
+def test_a_score_does_not_depend_on_what_was_scored_before(architecture, npu32):
+    """score caches kernel costs and peaks across genomes; scoring the same genomes in
+    opposite orders on two spaces must give the same scores."""
+    model = load(zoo.build("mobilenetv2", **SMALL))
+    forward, backward = (SearchSpace(model, npu32, architecture=architecture) for _ in "ab")
+    rng = random.Random(3)
+    genomes = [tuple(int(rng.random() < p) for _ in range(len(forward)))
+               for p in (rng.random() for _ in range(300))]
+    scores = [forward.score(g) for g in genomes]
+    assert [backward.score(g) for g in reversed(genomes)] == scores[::-1]
+    assert len({s.peak_activation_bytes for s in scores}) > 1
+
+
 @pytest.mark.parametrize("name", zoo.NAMES)
 def test_exact_optimize_on_zoo_is_verified_and_never_slower(name, npu32):
     model = load(zoo.build(name, **SMALL))

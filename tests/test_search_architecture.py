@@ -83,9 +83,11 @@ def test_architecture_changes_lower_latency_below_exact_mode(unconstrained):
 
 def test_the_fidelity_floor_holds(unconstrained):
     model, loose = unconstrained
-    floor = min(0.999, (1 + loose.fidelity.min_cosine) / 2)  # above what it reached
+    # Above what it reached, yet low enough that some architecture change still passes,
+    # so the floor is checked on a model that has one.
+    floor = min(0.999, loose.fidelity.min_cosine + 0.01)
     strict = optimize(model, "tpu-zz", exact=False, min_fidelity=floor)
-    assert strict.fidelity is None or strict.fidelity.min_cosine >= floor
+    assert strict.fidelity is not None and strict.fidelity.min_cosine >= floor
     assert strict.after.latency_ms >= loose.after.latency_ms
     assert any("cut back" in note for note in strict.notes)
 
@@ -107,8 +109,8 @@ def test_pretrained_model_keeps_its_outputs(real_models):
                for b in range(4)]
     result = optimize(model, "tpu-zz", exact=False, calibration=batches)
     assert result.after.latency_ms <= result.before.latency_ms
-    if result.fidelity is not None:
-        assert result.fidelity.min_cosine >= 0.99
+    assert result.fidelity is not None  # an architecture change was kept: the floor is tested
+    assert result.fidelity.min_cosine >= 0.99
     assert not result.warnings  # real calibration data: no proxy warning
 
 

@@ -37,7 +37,8 @@ FOLLOWER_INPUTS: dict[str, dict[int, float]] = {
     "InstanceNormalization": {1: 1.0, 2: 0.0},
     "PRelu": {1: 0.0},
 }
-NEUTRAL = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Pow": 1.0, "Max": 0.0, "Min": 0.0}
+NEUTRAL = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Pow": 1.0, "Max": 0.0, "Min": 0.0,
+           "Sum": 0.0}
 
 
 def weight_axis(node: gs.Node, role: str) -> int:
@@ -54,13 +55,30 @@ def weight_axis(node: gs.Node, role: str) -> int:
     return out_axis if role == "producer" else in_axis
 
 
-def follower_axis(op: str, values_ndim: int, rank: int) -> int:
-    """The channel axis of a follower's per-channel constant of rank `values_ndim`, for a
-    data tensor of rank `rank`: BN-style parameters are vectors; PRelu slopes and the
-    constants of elementwise ops broadcast from the right (numpy rules)."""
-    if op in ("BatchNormalization", "InstanceNormalization"):
-        return 0
-    return 1 - (rank - values_ndim)
+def channel_params(node: gs.Node, role: str, input_index: int, rank: int
+                   ) -> list[tuple[int, int, float]]:
+    """The constant inputs of a group member that hold the group's channels, as (input
+    index, channel axis, value harmless on an added channel), for the passes that change a
+    group's width: a producer's weight and per-channel bias, a consumer's weight, a
+    depthwise follower's filters and bias, a BN-style follower's parameter vectors, and the
+    per-channel constant of any other follower (PRelu slopes, elementwise constants), which
+    broadcasts from the right against its data of rank `rank` (size 1: no channels)."""
+    def present(index: int) -> bool:
+        return index < len(node.inputs) and const_value(node.inputs[index]) is not None
+
+    if role in ("producer", "consumer"):
+        params = [(1, weight_axis(node, role), 0.0)]
+        if role == "producer" and present(2) and const_value(node.inputs[2]).size > 1:
+            params.append((2, -1, 0.0))  # Conv bias [C]; Gemm C [N] or [1, N]
+        return params
+    if node.op == "Conv":  # depthwise, multiplier 1: its filters are the channels
+        return [(1, 0, 0.0)] + ([(2, 0, 0.0)] if present(2) else [])
+    if node.op in ("BatchNormalization", "InstanceNormalization"):
+        return [(i, 0, fill) for i, fill in FOLLOWER_INPUTS[node.op].items() if present(i)]
+    fills = FOLLOWER_INPUTS.get(node.op, {input_index: NEUTRAL.get(node.op, 0.0)})
+    return [(i, 1 - (rank - const_value(node.inputs[i]).ndim), fill)
+            for i, fill in fills.items()
+            if present(i) and const_value(node.inputs[i]).size > 1]
 
 
 @dataclass(frozen=True)

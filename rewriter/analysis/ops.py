@@ -15,8 +15,8 @@ import onnx_graphsurgeon as gs
 
 from rewriter.graph_io import Model
 
-# Inputs of these ops that hold learned parameters (by input index; None = all but the first).
-_PARAM_INPUTS: dict[str, tuple[int, ...] | None] = {
+# Inputs of these ops that hold learned parameters (by input index).
+_PARAM_INPUTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2),
     "ConvTranspose": (1, 2),
     "Gemm": (1, 2),
@@ -52,7 +52,7 @@ def parameter_tensors(model: Model) -> list[gs.Constant]:
 
 
 def _node_parameters(node: gs.Node) -> list[gs.Constant]:
-    wanted = _PARAM_INPUTS.get(node.op) or ()
+    wanted = _PARAM_INPUTS.get(node.op, ())
     found = []
     for index, tensor in enumerate(node.inputs):
         if not isinstance(tensor, gs.Constant):
