@@ -59,6 +59,14 @@ def _cycles(spec: OpSpec, profile: HardwareProfile) -> tuple[float, float]:
     return mac, cycles
 
 
+def peak_s(spec: OpSpec, profile: HardwareProfile) -> float:
+    """The least time `spec`'s MACs can take on the profile's array: its ideal cycles
+    (channels and, where the array unrolls it, the output map tiled) at clock_hz."""
+    cycles = mac_cycles(spec, profile.parallelism_in, profile.parallelism_out,
+                        profile.parallelism_ox, profile.parallelism_oy)
+    return cycles / profile.clock_hz
+
+
 def memory_bytes(spec: OpSpec, profile: HardwareProfile) -> float:
     """Bytes moved to and from off-chip memory (channel-tiled tensors, spills counted)."""
     inp, weight, out = tensor_elements(spec, profile.parallelism_in, profile.parallelism_out)

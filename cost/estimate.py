@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewriter.analysis.memory import memory_stats
+from rewriter.cost.analytic import estimate_op, peak_s
 from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import HardwareProfile, load_profile
@@ -89,10 +90,10 @@ class Target:
                 # Measured kernel time (the profiler's own cost already removed, see
                 # cost.measure) plus in-model dispatch.
                 ms = float(self._regressor.predict_ms(spec)) + self.profile.overhead_s * 1e3
+                if self.profile.floor_at_peak:
+                    ms = max(ms, peak_s(spec, self.profile) * 1e3)
                 hit = (max(ms, self.profile.overhead_s * 1e3), None)
             else:
-                from rewriter.cost.analytic import estimate_op
-
                 est = estimate_op(spec, self.profile)
                 hit = (est.latency_s * 1e3, est.utilisation)
             self._cache[key] = hit

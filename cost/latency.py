@@ -2,7 +2,8 @@
 
 ``op_latency_s(spec, profile)`` is `analytic.estimate_op(...).latency_s` on an "analytic"
 profile, and ``RegressionEstimator.predict_ms(spec) / 1000`` on a "measured" one, the
-estimator being fitted once per (measurements file, its mtime, parallelism) and kept.
+estimator being fitted once per (measurements file, its mtime, the profile's array)
+and kept.
 """
 
 from __future__ import annotations
@@ -16,24 +17,26 @@ from rewriter.cost.profile import HardwareProfile
 
 
 @lru_cache(maxsize=8)
-def _fitted(measurements: Path, mtime_ns: int, parallelism: int):
-    """A CSV of measurements is fitted; a JSON saved by `rewriter cost fit` is loaded."""
+def _fitted(measurements: Path, mtime_ns: int, array: tuple[tuple[str, int], ...]):
+    """A CSV of measurements is fitted (`array`: the profile's array hyper-parameters); a
+    JSON saved by `rewriter cost fit` is loaded."""
     from rewriter.cost.measure import read_csv
     from rewriter.cost.regression import RegressionEstimator
 
     if measurements.suffix == ".json":
         return RegressionEstimator.load(measurements)
-    return RegressionEstimator(parallelism=parallelism).fit(read_csv(measurements))
+    return RegressionEstimator(**dict(array)).fit(read_csv(measurements))
 
 
 def regression_for(profile: HardwareProfile):
     """The (cached) `RegressionEstimator` of a measured profile."""
-    from rewriter.cost.regression import RegressionEstimator
+    from rewriter.cost.regression import RegressionEstimator, array_hyperparameters
 
     if profile.kind != "measured" or profile.measurements is None:
         return RegressionEstimator.from_profile(profile)  # raises ProfileError
     path = profile.measurements.resolve()
-    return _fitted(path, path.stat().st_mtime_ns, profile.parallelism_in)
+    array = tuple(sorted(array_hyperparameters(profile).items()))
+    return _fitted(path, path.stat().st_mtime_ns, array)
 
 
 def op_latency_s(spec: OpSpec, profile: HardwareProfile) -> float:

@@ -45,7 +45,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
-from rewriter.cost.opspec import CONV_KINDS, INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec
+from rewriter.cost.opspec import CONV_KINDS, INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec, ceil_div
 from rewriter.runtime import session
 
 OPSET = 13
@@ -275,6 +275,12 @@ def _modest(spec: OpSpec) -> bool:
 _WIDE_SIZES = (1, 1, 2, 3, 4, 7, 10, 14, 20, 24, 28, 40, 48, 56, 80, 112)
 
 
+def _log_channels(rng: np.random.Generator, p: int) -> int:
+    """Log-uniform over 8-1280, rounded to a multiple of P 40% of the time."""
+    c = int(round(math.exp(rng.uniform(math.log(8), math.log(1280)))))
+    return max(p, round(c / p) * p) if rng.random() < 0.4 else c
+
+
 def _sample_wide(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     """A MAC layer from the corners the default space samples thinly: maps from 1x1 (a
     squeeze-excite conv) to 112x112, channels log-uniform over 8-1280 (few input channels
@@ -282,12 +288,7 @@ def _sample_wide(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     size = int(rng.choice(_WIDE_SIZES))
     stride = 1 if size < 4 else int(rng.choice([1, 2], p=[0.75, 0.25]))
     act = str(rng.choice(_ACTS))
-
-    def channels() -> int:
-        c = int(round(math.exp(rng.uniform(math.log(8), math.log(1280)))))
-        return max(p, round(c / p) * p) if rng.random() < 0.4 else c
-
-    cin, cout = channels(), channels()
+    cin, cout = _log_channels(rng, p), _log_channels(rng, p)
     if kind == "gemm":
         return OpSpec("gemm", cin=cin, cout=cout, act=act)
     kernel = 1 if kind == "conv1x1" or size == 1 else int(rng.choice([3, 5], p=[0.8, 0.2]))
@@ -296,18 +297,40 @@ def _sample_wide(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
 
 _WIDE_KIND_WEIGHTS = {"conv": 0.3, "conv1x1": 0.4, "dwconv": 0.2, "groupconv": 0.05,
                       "gemm": 0.05}
+_OBLONG_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 80, 96, 160, 320)
+
+
+def _sample_oblong(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
+    """A MAC layer of a shape the square spaces never draw: a gemm over 2-512 rows (a
+    MatMul over a sequence, as in a text recogniser's head) or a conv on a non-square map
+    (text lines such as 12x80, 1xN sequences); channels log-uniform over 8-1280."""
+    act = str(rng.choice(_ACTS))
+    cin, cout = _log_channels(rng, p), _log_channels(rng, p)
+    if kind == "gemm":
+        rows = int(round(math.exp(rng.uniform(math.log(2), math.log(512)))))
+        return OpSpec("gemm", n=rows, cin=cin, cout=cout, act=act)
+    height, width = (int(side) for side in rng.choice(_OBLONG_SIDES, size=2, replace=False))
+    stride = 1 if min(height, width) < 4 else int(rng.choice([1, 2], p=[0.75, 0.25]))
+    kernel = 1 if kind == "conv1x1" else int(rng.choice([3, 5], p=[0.8, 0.2]))
+    square = _sampled_conv(rng, kind, cin, cout, height, kernel, stride, act)
+    return replace(square, w_in=width, w_out=ceil_div(width, stride))
+
+
+_OBLONG_KIND_WEIGHTS = {"conv": 0.25, "conv1x1": 0.25, "dwconv": 0.15, "gemm": 0.35}
+# name -> (kind weights, sampler)
+SPACES = {"default": (_KIND_WEIGHTS, _sample_one), "wide": (_WIDE_KIND_WEIGHTS, _sample_wide),
+          "oblong": (_OBLONG_KIND_WEIGHTS, _sample_oblong)}
 
 
 def sample_specs(n: int, seed: int, parallelism: int = 32, space: str = "default"
                  ) -> list[OpSpec]:
     """`n` random specs over the op space, each at most MAX_MACS MACs and MAX_ELEMENTS
     elements per tensor (a few ms on one CPU core); deterministic for a seed.
-    space="wide": MAC layers only, from the corners the default space samples thinly
-    (see `_sample_wide`), to add to a measurement set."""
-    if space not in ("default", "wide"):
+    space="wide" and "oblong": MAC layers only, from the corners the default space samples
+    thinly or never (see `_sample_wide`, `_sample_oblong`), to add to a measurement set."""
+    if space not in SPACES:
         raise ValueError(f"unknown sample space {space!r}")
-    kinds, sample = ((_KIND_WEIGHTS, _sample_one) if space == "default"
-                     else (_WIDE_KIND_WEIGHTS, _sample_wide))
+    kinds, sample = SPACES[space]
     rng = np.random.default_rng(seed)
     weights = np.array(list(kinds.values()))
     specs: list[OpSpec] = []

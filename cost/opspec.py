@@ -14,7 +14,10 @@ the input by a ``pin x pout`` block of weights), `mac_cycles`::
     grouped:   groups * n*h_out*w_out*kh*kw * ceil(cin_g/pin) * ceil(cout_g/pout)
     depthwise: n*h_out*w_out*kh*kw * ceil(cout/pout)    (one input lane per channel)
 
-so channel counts are tiled: 33 channels cost as much as 64 at P=32.
+so channel counts are tiled: 33 channels cost as much as 64 at P=32. An array that also
+unrolls the output map (``ox`` columns by ``oy`` rows of pixels per cycle, as ZigZag's
+edge_tpu_like does with 4 x 4) tiles the map too: ``h_out*w_out`` becomes
+``ceil(h_out/oy) * ceil(w_out/ox)``, so a 6x6 map costs as much as 8x8 there.
 
 Tensor sizes in elements, `tensor_elements` (channel dims rounded up to a multiple of
 ``pin`` for inputs, ``pout`` for outputs, as in a channel-tiled layout; 1 gives raw sizes):
@@ -173,9 +176,11 @@ def tensor_elements(spec: OpSpec, pin: int = 1, pout: int = 1) -> tuple[int, int
     return inp, weight, out
 
 
-def mac_cycles(spec: OpSpec, pin: int, pout: int) -> int:
-    """Cycles on a pin x pout MAC array at 100% efficiency (0 for vector kinds)."""
-    pixels = spec.n * spec.h_out * spec.w_out * spec.kh * spec.kw
+def mac_cycles(spec: OpSpec, pin: int, pout: int, ox: int = 1, oy: int = 1) -> int:
+    """Cycles on a pin x pout MAC array (times ox x oy output pixels, when it unrolls the
+    map) at 100% efficiency (0 for vector kinds)."""
+    pixels = (spec.n * ceil_div(spec.h_out, oy) * ceil_div(spec.w_out, ox)
+              * spec.kh * spec.kw)
     if spec.kind in ("conv", "conv1x1", "gemm"):
         return pixels * ceil_div(spec.cin, pin) * ceil_div(spec.cout, pout)
     if spec.kind == "groupconv":
@@ -200,15 +205,20 @@ def vector_ops(spec: OpSpec) -> int:
     return 0
 
 
-def features(spec: OpSpec, parallelism: int) -> dict[str, float]:
-    """Regressor features of a spec for an accelerator / SIMD width of `parallelism` lanes.
+def features(spec: OpSpec, parallelism: int, ox: int = 1, oy: int = 1) -> dict[str, float]:
+    """Regressor features of a spec for an accelerator / SIMD width of `parallelism` lanes
+    (and an array that unrolls ox x oy output pixels, if it does).
 
     Raw shape fields, work (macs, vector ops, bytes and their logs), channel tiles
     ceil(c/P), remainders c mod P, channel_fill = cin*cout / (cin, cout rounded up to P),
     padded_macs = mac_cycles(P, P) * P * P (MACs with channels rounded up to the
-    array), array utilisation macs / padded_macs, and one-hot kind and activation.
+    array), array utilisation macs / padded_macs, log_ideal_cycles = log mac_cycles(P, P,
+    ox, oy) (the map tiled too), spatial_fill = h_out*w_out / (the map rounded up to
+    oy x ox), and one-hot kind and activation.
     """
     p = parallelism
+    ideal = mac_cycles(spec, p, p, ox, oy)
+    tiled_map = ceil_div(spec.h_out, oy) * oy * ceil_div(spec.w_out, ox) * ox
     inp, weight, out = tensor_elements(spec)
     padded = mac_cycles(spec, p, p) * p * p
     vec = vector_ops(spec)
@@ -237,6 +247,8 @@ def features(spec: OpSpec, parallelism: int) -> dict[str, float]:
         log_out_elements=log(1.0 + out),
         log_in_elements=log(1.0 + inp),
         log_weight_elements=log(1.0 + weight),
+        log_ideal_cycles=log(1.0 + ideal),
+        spatial_fill=spec.h_out * spec.w_out / tiled_map,
     )
     for kind in KINDS:
         feats[f"kind_{kind}"] = float(spec.kind == kind)

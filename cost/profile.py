@@ -28,6 +28,14 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
                                    measurements were simulated on (edge_tpu_like, tpu_like);
                                    names what `rewriter cost validate` and
                                    `optimize --validate-with zigzag` simulate whole models on
+    parallelism_ox, parallelism_oy "measured" only, optional (default 1): output pixels the
+                                   array also unrolls per cycle, columns x rows (ZigZag's
+                                   edge_tpu_like: 4 x 4); regressor features tile the map
+    floor_at_peak                  "measured" only, optional (default false): no estimate
+                                   beats the array's ideal cycles (`opspec.mac_cycles` with
+                                   the profile's parallelism) at clock_hz; needs
+                                   macs_per_cycle = in * out * ox * oy. True of a simulator,
+                                   whose array cannot run faster than its peak
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -58,6 +66,7 @@ _MEASURED: dict[str, tuple[type, str]] = {"measurements": (str, ""), "estimator"
 # kinds, "name": a non-empty string.
 _MEASURED_OPTIONAL: dict[str, tuple[type, str]] = {
     "blocked_layout": (bool, ""), "free_kinds": (list, "kinds"), "accelerator": (str, "name"),
+    "parallelism_ox": (int, "pos"), "parallelism_oy": (int, "pos"), "floor_at_peak": (bool, ""),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _MAC_OP = {"efficiency": (float, "frac")}
@@ -108,6 +117,11 @@ class HardwareProfile:
     # "measured" only: the ZigZag accelerator description the measurements were simulated on;
     # None for a real device. Whole models are checked against it (cost/zigzag_models.py).
     accelerator: str | None = None
+    # "measured" only: output pixels (columns, rows) the array unrolls besides the channels.
+    parallelism_ox: int = 1
+    parallelism_oy: int = 1
+    # "measured" only: estimates never beat the array's ideal cycles (see analytic.peak_s).
+    floor_at_peak: bool = False
 
     def op(self, kind: str) -> OpParams:
         if kind not in self.ops:
@@ -241,5 +255,11 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             raise ProfileError(f"{path}: estimator: expected one of {', '.join(ESTIMATORS)}, "
                                f"got {top['estimator']!r}")
         measurements = _measurements_path(path, top.pop("measurements"))
+        array = (top["parallelism_in"] * top["parallelism_out"]
+                 * top.get("parallelism_ox", 1) * top.get("parallelism_oy", 1))
+        if top.get("floor_at_peak") and top["macs_per_cycle"] != array:
+            raise ProfileError(f"{path}: macs_per_cycle: floor_at_peak needs it to equal "
+                               f"parallelism_in * parallelism_out * parallelism_ox * "
+                               f"parallelism_oy ({array}), got {top['macs_per_cycle']}")
     return HardwareProfile(**top, ops=ops, activations=activations,
                            measurements=measurements, source=path)

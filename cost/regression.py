@@ -6,10 +6,12 @@ first use)::
 
     log(latency_ms) ~ linear(x_lin) + GBR(features)
 
-x_lin = [log_work, log_bytes, log_out_elements, log_padded_macs] (+ the kind one-hots in
-the shared model) fitted by ridge regression on standardised columns, so the estimate
-follows the power law beyond the measured range; a scikit-learn GradientBoostingRegressor
-on all `opspec.features` (with the estimator's `parallelism`) fits what the line leaves.
+x_lin = [log_work, log_bytes, log_out_elements, log_padded_macs, log_ideal_cycles] (+ the
+kind one-hots in the shared model) fitted by ridge regression on standardised columns, so
+the estimate follows the power law beyond the measured range; a scikit-learn
+GradientBoostingRegressor on all `opspec.features` (with the estimator's `parallelism`, and
+`parallelism_ox` x `parallelism_oy` output pixels for an array that unrolls the map) fits
+what the line leaves.
 Predictions are clipped to LOG_MS_RANGE. Everything is deterministic, so a model refitted
 from the same rows and hyper-parameters predicts identically.
 
@@ -18,7 +20,8 @@ from the same rows and hyper-parameters predicts identically.
     {"format": "rewriter.cost.regression", "version": 1,
      "hyperparameters": {"n_estimators": int, "max_depth": int, "learning_rate": float,
                          "max_features": float, "min_rows_per_kind": int,
-                         "parallelism": int, "random_state": int},
+                         "parallelism": int, "parallelism_ox": int, "parallelism_oy": int,
+                         "random_state": int},
      "columns": [<the OpSpec fields>, "latency_ms"],
      "rows": [[<values in column order>], ...]}
 
@@ -53,14 +56,18 @@ HYPERPARAMETERS: dict[str, tuple[type, float, float]] = {
     "n_estimators": (int, 1, 5000), "max_depth": (int, 1, 12),
     "learning_rate": (float, 1e-6, 1.0), "max_features": (float, 0.01, 1.0),
     "min_rows_per_kind": (int, 1, 10**6),
-    "parallelism": (int, 1, 4096), "random_state": (int, 0, 2**31 - 1),
+    "parallelism": (int, 1, 4096), "parallelism_ox": (int, 1, 4096),
+    "parallelism_oy": (int, 1, 4096), "random_state": (int, 0, 2**31 - 1),
 }
 DEFAULTS: dict[str, Any] = {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.15,
                             "max_features": 0.4, "min_rows_per_kind": 40, "parallelism": 8,
-                            "random_state": 0}
+                            "parallelism_ox": 1, "parallelism_oy": 1, "random_state": 0}
+# Absent from files saved before they existed: the defaults (an array that does not unroll
+# the output map).
+_OPTIONAL_HYPERPARAMETERS = frozenset({"parallelism_ox", "parallelism_oy"})
 RIDGE = 0.01  # ridge penalty per row on the standardised line features
 LOG_MS_RANGE = (math.log(1e-6), math.log(1e7))  # predictions are clipped to 1 ns .. 3 h
-_LINEAR = ("log_work", "log_bytes", "log_out_elements", "log_padded_macs")
+_LINEAR = ("log_work", "log_bytes", "log_out_elements", "log_padded_macs", "log_ideal_cycles")
 _KIND_COLUMNS = tuple(f"kind_{k}" for k in KINDS)
 
 Row = tuple[OpSpec, float]
@@ -154,9 +161,10 @@ class RegressionEstimator:
         self._cache: dict[tuple, float] = {}
 
     def _matrix(self, specs: Iterable[OpSpec]) -> np.ndarray:
-        p = self.hyperparameters["parallelism"]
+        hp = self.hyperparameters
+        p, ox, oy = hp["parallelism"], hp["parallelism_ox"], hp["parallelism_oy"]
         return np.array([[f[name] for name in FEATURE_NAMES]
-                         for f in (features(s, p) for s in specs)], dtype=float)
+                         for f in (features(s, p, ox, oy) for s in specs)], dtype=float)
 
     def fit(self, rows: Iterable[Measurement | Row]) -> RegressionEstimator:
         pairs = _pairs(rows)
@@ -249,8 +257,14 @@ class RegressionEstimator:
         if profile.kind != "measured" or profile.measurements is None:
             raise ProfileError(f"{profile.source}: kind: a regression estimator needs a "
                                f"measured profile, got {profile.kind!r}")
-        hp = {"parallelism": profile.parallelism_in, **hyperparameters}
+        hp = {**array_hyperparameters(profile), **hyperparameters}
         return cls(**hp).fit(read_csv(profile.measurements))
+
+
+def array_hyperparameters(profile: HardwareProfile) -> dict[str, int]:
+    """The estimator hyper-parameters a profile's MAC array decides."""
+    return {"parallelism": profile.parallelism_in, "parallelism_ox": profile.parallelism_ox,
+            "parallelism_oy": profile.parallelism_oy}
 
 
 def _no_constant(name: str) -> None:
@@ -276,6 +290,9 @@ def _check_hyperparameters(hp: Any, where: str) -> dict[str, Any]:
         raise EstimatorError(f"{prefix}hyperparameters: unknown key {unknown[0]!r}")
     out = {}
     for name, (typ, low, high) in HYPERPARAMETERS.items():
+        if name not in hp and name in _OPTIONAL_HYPERPARAMETERS:
+            out[name] = DEFAULTS[name]
+            continue
         if name not in hp:
             raise EstimatorError(f"{prefix}hyperparameters.{name}: missing")
         out[name] = _check_number(f"{prefix}hyperparameters.{name}", hp[name], typ, low, high)

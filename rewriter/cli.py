@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallelism", type=int, default=32, metavar="P",
                    help="channel counts are sampled around multiples of P (default 32)")
-    p.add_argument("--space", default="default", choices=["default", "wide"],
+    p.add_argument("--space", default="default", choices=["default", "wide", "oblong"],
                    help="wide: MAC layers only, from the corners the default space samples "
                         "thinly (1x1 maps, 8-1280 channels log-uniform)")
     p.add_argument("--repeats", type=int, default=20)
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="ESTIMATOR.json")
     p.add_argument("--parallelism", type=int, default=8, metavar="P",
                    help="P for the channel-tile features (default 8, a CPU's SIMD lanes)")
+    p.add_argument("--map-tile", default="1x1", metavar="OXxOY",
+                   help="output pixels the array unrolls, columns x rows (default 1x1; "
+                        "ZigZag's edge_tpu_like: 4x4), for the ideal-cycles feature")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="share of rows held out to report accuracy (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
@@ -466,9 +469,13 @@ def _cost_fit(args: argparse.Namespace) -> int:
     train, test = [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
     if len(train) < 10:
         raise BadInputError(f"{args.csv}: {len(train)} training rows; at least 10 are needed")
-    report = RegressionEstimator(parallelism=args.parallelism).fit(train).fit_report(test) \
-        if test else None
-    final = RegressionEstimator(parallelism=args.parallelism).fit(rows)
+    ox, _, oy = args.map_tile.partition("x")
+    if not (ox.isdigit() and oy.isdigit() and int(ox) > 0 and int(oy) > 0):
+        raise BadInputError(f"--map-tile: expected OXxOY such as 4x4, got {args.map_tile!r}")
+    array = {"parallelism": args.parallelism, "parallelism_ox": int(ox),
+             "parallelism_oy": int(oy)}
+    report = RegressionEstimator(**array).fit(train).fit_report(test) if test else None
+    final = RegressionEstimator(**array).fit(rows)
     final.save(args.output)
     if args.json:
         print(json.dumps({"rows": len(rows), "held_out": len(test), "output": args.output,

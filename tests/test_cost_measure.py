@@ -163,3 +163,17 @@ def test_wide_sample_space_reaches_the_thin_corners():
     assert all(s.macs <= MAX_MACS for s in specs)
     with pytest.raises(ValueError, match="sample space"):
         sample_specs(10, seed=1, space="huge")
+
+
+def test_oblong_sample_space_has_batched_gemms_and_non_square_maps():
+    specs = sample_specs(200, seed=7, parallelism=8, space="oblong")
+    assert specs == sample_specs(200, seed=7, parallelism=8, space="oblong")
+    gemms = [s for s in specs if s.kind == "gemm"]
+    convs = [s for s in specs if s.kind != "gemm"]
+    assert gemms and all(2 <= s.n <= 512 for s in gemms)
+    assert convs and all(s.h_in != s.w_in and s.n == 1 for s in convs)
+    assert all(s.w_out == -(-s.w_in // s.stride) and s.h_out == -(-s.h_in // s.stride)
+               for s in convs)
+    assert all(s.macs <= MAX_MACS for s in specs)
+    for spec in specs[:12]:  # every shape builds as a one-op model
+        assert one_op_model(spec).graph.node

@@ -147,6 +147,10 @@ def test_cli_cost_fit_measure_validate(tmp_path, capsys):
     out = capsys.readouterr().out
     report = json.loads(out[out.index("{"):])
     assert report["rows"] == 24 and est.exists()
+    assert main(["cost", "fit", str(csv), "-o", str(est), "--map-tile", "4x4"]) == 0
+    assert json.loads(est.read_text())["hyperparameters"]["parallelism_ox"] == 4
+    assert main(["cost", "fit", str(csv), "-o", str(est), "--map-tile", "4"]) == 2
+    assert "--map-tile" in capsys.readouterr().err
     # A profile of the user's own device: measurements from the fitted JSON.
     profile = tmp_path / "mycpu.toml"
     text = (Target.load("cpu-ort").profile.source.read_text()

@@ -146,3 +146,26 @@ def test_op_latency_dispatch():
     assert regression_for(cpu) is regression_for(load_profile("cpu-ort"))  # cached
     assert op_latency_s(spec, cpu) == regression_for(cpu).predict_ms(spec) / 1e3 > 0
 
+
+
+def test_files_saved_before_the_map_tile_existed_still_load(fitted, synthetic, tmp_path: Path):
+    path = tmp_path / "old.json"
+    fitted.save(path)
+    data = json.loads(path.read_text())
+    for key in ("parallelism_ox", "parallelism_oy"):
+        del data["hyperparameters"][key]
+    path.write_text(json.dumps(data))
+    loaded = RegressionEstimator.load(path)
+    assert loaded.hyperparameters == fitted.hyperparameters  # the defaults, 1 x 1
+    specs = [s for s, _ in synthetic[1]]
+    assert np.array_equal(loaded.predict_many_ms(specs), fitted.predict_many_ms(specs))
+
+
+def test_map_tile_changes_the_ideal_cycles_feature():
+    from rewriter.cost.opspec import features
+
+    six, eight = OpSpec.conv2d(16, 16, 6), OpSpec.conv2d(16, 16, 8)
+    assert features(six, 8)["log_ideal_cycles"] < features(eight, 8)["log_ideal_cycles"]
+    assert features(six, 8, 4, 4)["log_ideal_cycles"] == features(eight, 8, 4, 4)[
+        "log_ideal_cycles"]
+    assert features(six, 8, 4, 4)["spatial_fill"] == pytest.approx(36 / 64)

@@ -88,3 +88,31 @@ def test_cli_pairs_need_a_zigzag_target(capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("rewriter: error: --pairs needs a ZigZag-fitted target such as "
                    "edge-tpu-zz, not cpu-ort")
+
+
+def test_edge_tpu_zz_tiles_the_output_map_and_never_beats_its_peak():
+    """edge_tpu_like unrolls 8x8 channels by 4x4 output pixels: the ideal cycles of a 6x6 map
+    equal an 8x8 one's, and no estimate (even far outside the sampled shapes) falls below
+    them, as no ZigZag simulation can."""
+    from rewriter.cost.analytic import peak_s
+    from rewriter.cost.latency import regression_for
+    from rewriter.cost.opspec import OpSpec, mac_cycles
+
+    target = Target.load("edge-tpu-zz")
+    profile = target.profile
+    assert (profile.parallelism_ox, profile.parallelism_oy, profile.floor_at_peak) == (4, 4, True)
+    assert mac_cycles(OpSpec.conv2d(16, 16, 6), 8, 8, 4, 4) == mac_cycles(
+        OpSpec.conv2d(16, 16, 8), 8, 8, 4, 4) == 4 * 9 * 2 * 2
+    huge = OpSpec("conv", cin=240, cout=480, h_in=12, w_in=80, h_out=12, w_out=80, kh=5, kw=5)
+    assert regression_for(profile).predict_ms(huge) < peak_s(huge, profile) * 1e3  # the fit alone undershoots
+    assert target.kernel(huge)[0] == pytest.approx(peak_s(huge, profile) * 1e3)
+
+
+def test_floor_at_peak_needs_the_whole_array(tmp_path):
+    text = load_profile("edge-tpu-zz").source.read_text()
+    data = load_profile("edge-tpu-zz").measurements
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("parallelism_ox = 4", "parallelism_ox = 2")
+                   .replace('measurements = "edge-tpu-zz.csv"', f'measurements = "{data}"'))
+    with pytest.raises(ProfileError, match="floor_at_peak"):
+        load_profile(bad)
