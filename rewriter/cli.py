@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channel counts are sampled around multiples of P (default 32)")
     p.add_argument("--space", default="default", choices=["default", "wide", "oblong"],
                    help="wide: MAC layers only, from the corners the default space samples "
-                        "thinly (1x1 maps, 8-1280 channels log-uniform)")
+                        "thinly (1x1 maps, 8-1280 channels log-uniform); oblong: gemms over "
+                        "2-512 rows and convs on non-square maps")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime intra-op threads, recorded in the CSV (default 1)")
