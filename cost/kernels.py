@@ -15,7 +15,7 @@ from math import prod
 import onnx_graphsurgeon as gs
 
 from rewriter.analysis.blocks import follow_bn_act
-from rewriter.cost.opspec import KNOWN_ACTIVATIONS, MAC_KINDS, OpSpec, conv_kind
+from rewriter.cost.opspec import KNOWN_ACTIVATIONS, MAC_KINDS, RESIZE_TAPS, OpSpec, conv_kind
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, conv_info
 
@@ -127,6 +127,10 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
     if node.op in GLOBAL_POOLS:
         return OpSpec(kind="gap", **base)
     if node.op in ("Resize", "Upsample"):
+        mode = node.attrs.get("mode", "nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        taps = RESIZE_TAPS.get("linear" if mode == "bilinear" else mode, 1)  # old Upsample
+        base.update(kh=taps, kw=taps)
         return OpSpec(kind="resize", **base)
     if node.op == "Concat":
         return OpSpec(kind="concat", **base)

@@ -4,7 +4,8 @@
 random weights): the op, plus its fused activation when ``act`` is set. Conv kinds use
 explicit pads giving exactly ``h_out x w_out``; "pool" is a MaxPool; "elementwise" is Add
 (2 inputs), Sum (more), or the activation alone (1 input; Relu when ``act`` is empty);
-"resize" is a nearest Resize to the output size; "concat" joins ``n_inputs`` inputs, the
+"resize" is a Resize to the output size (kh = 1: nearest; 2: linear, half-pixel; 4: cubic);
+"concat" joins ``n_inputs`` inputs, the
 first with ``cin`` channels and the rest sharing ``cout - cin`` equally.
 
 `measure_specs` times each model on the CPUExecutionProvider (``intra_op_num_threads`` =
@@ -53,7 +54,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
-from rewriter.cost.opspec import CONV_KINDS, INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec, ceil_div
+from rewriter.cost.opspec import (CONV_KINDS, INT_FIELDS, KINDS, RESIZE_TAPS, SPEC_FIELDS, OpSpec,
+                                  ceil_div)
 from rewriter.runtime import session
 
 OPSET = 13
@@ -78,6 +80,9 @@ class Measurement:
 
 
 # ----------------------------------------------------------------------------- models
+
+LAYOUT_HELPER = "layout_helper"  # name prefix of nodes a one-op model adds only for layout
+
 
 class _Builder:
     def __init__(self, seed: int) -> None:
@@ -167,8 +172,29 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     elif k == "gap":
         y = b.node("GlobalAveragePool", ["x0"], "op")
     elif k == "resize":
-        sizes = b.const("sizes", np.array([spec.n, spec.cout, spec.h_out, spec.w_out], np.int64))
-        y = b.node("Resize", ["x0", "", "", sizes], "op", mode="nearest")
+        mode = {taps: mode for mode, taps in RESIZE_TAPS.items()}.get(spec.kh)
+        if mode is None:
+            raise MeasurementError(f"resize: kh={spec.kh} is no interpolation's taps "
+                                   f"({RESIZE_TAPS})")
+        if spec.h_out % spec.h_in or spec.w_out % spec.w_in or spec.h_out <= spec.h_in:
+            sizes = b.const("sizes", np.array([spec.n, spec.cout, spec.h_out, spec.w_out],
+                                              np.int64))
+            y = b.node("Resize", ["x0", "", "", sizes], "op", mode=mode,
+                       coordinate_transformation_mode="half_pixel")
+        else:
+            # In a CNN an upsampling Resize reads a conv's output, and onnxruntime runs a
+            # linear one blocked (NCHWc Upsample), 2-5x faster than the NCHW Resize a lone
+            # Resize gets. A 1x1 conv in front (16 channels in, past the blocking threshold)
+            # puts it in that layout; time_model leaves the helper out.
+            helper_in = 16
+            shape = [spec.n, helper_in, spec.h_in, spec.w_in]
+            inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
+            w = b.weight("W", (spec.cin, helper_in, 1, 1), helper_in)
+            x = b.node("Conv", ["x0", w], f"{LAYOUT_HELPER}_conv")
+            scales = b.const("scales", np.array(
+                [1, 1, spec.h_out // spec.h_in, spec.w_out // spec.w_in], np.float32))
+            y = b.node("Resize", [x, "", scales], "op", mode=mode,
+                       coordinate_transformation_mode="half_pixel")
     elif k == "elementwise":
         names = [f"x{i}" for i in range(spec.n_inputs)]
         inputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, shape) for nm in names]
@@ -230,6 +256,11 @@ def _sampled_conv(rng: np.random.Generator, kind: str, cin: int, cout: int, size
     return OpSpec.conv2d(cin, cout, size, kernel, stride, groups, act)
 
 
+# (scale, taps): one draw of four, so the draws after it are those of the nearest-only
+# sampler before linear resizes were added (the ZigZag data's MAC layers stay reproducible).
+_RESIZES = ((2.0, 1), (2.0, 2), (4.0, 2), (0.5, 1))
+
+
 def _sample_one(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     common = rng.random() < 0.7
     size = int(rng.choice([7, 14, 28, 56, 112])) if common else int(rng.integers(7, 113))
@@ -250,11 +281,12 @@ def _sample_one(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
                       kh=kernel, kw=kernel, stride=stride)
     if kind == "gap":
         return OpSpec("gap", cin=cin, cout=cin, h_in=size, w_in=size)
-    if kind == "resize":  # nearest upsampling x2 / x4, or downsampling /2
-        scale = float(rng.choice([2, 2, 4, 0.5]))
+    if kind == "resize":  # upsampling x2 (nearest or linear), x4 (linear); nearest /2
+        scale, taps = _RESIZES[int(rng.integers(len(_RESIZES)))]
         size = min(size, 56) // 2 * 2  # even, so /2 is exact
         out = int(size * scale)
-        return OpSpec("resize", cin=cin, cout=cin, h_in=size, w_in=size, h_out=out, w_out=out)
+        return OpSpec("resize", cin=cin, cout=cin, h_in=size, w_in=size, h_out=out, w_out=out,
+                      kh=taps, kw=taps)
     n_inputs = int(rng.choice([2, 2, 3]))
     if kind == "concat":
         part = max(1, cin // n_inputs)
@@ -377,7 +409,8 @@ MIN_MS = 1e-4  # 0.1 us
 
 def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
                threads: int = 1, node_floor_ms: float = 0.0) -> float:
-    """Median per-run kernel time of `model`'s ops (layout reorders excluded), in ms.
+    """Median per-run kernel time of `model`'s ops (layout reorders and LAYOUT_HELPER
+    nodes excluded), in ms.
 
     `node_floor_ms` is subtracted from every profiled node (never below zero): the
     profiler's own cost per node, which a run without profiling does not pay. One kernel
@@ -398,7 +431,8 @@ def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
     per_run = [0.0] * len(runs)
     for e in events:
         if (e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
-                and e.get("args", {}).get("op_name") not in _LAYOUT_OPS):
+                and e.get("args", {}).get("op_name") not in _LAYOUT_OPS
+                and not e["name"].startswith(LAYOUT_HELPER)):
             index = bisect.bisect_right(runs, e["ts"]) - 1
             if index >= 0:
                 per_run[index] += max(e["dur"] / 1e3 - node_floor_ms, 0.0)

@@ -1,7 +1,9 @@
 """`OpSpec`: the shape-level description of one kernel (an op plus its fused activation).
 
 Every cost model in `rewriter.cost` works on an `OpSpec`, never on a graph. Shapes are NCHW;
-`kh, kw, stride, groups` only matter for the conv kinds and pools.
+`kh, kw, stride, groups` only matter for the conv kinds and pools, except that a resize's
+`kh = kw` is the interpolation's taps per axis: 1 nearest, 2 linear, 4 cubic
+(`RESIZE_TAPS`).
 
 Work, for a conv of any kind (``cin/groups`` input channels per output channel)::
 
@@ -26,7 +28,7 @@ inputs ``n_inputs * n*cin*h_in*w_in`` (concat: the concatenated output), weights
 ``n*cout*h_out*w_out``. The ``*_bytes`` properties multiply the raw sizes by `dtype_bytes`.
 
 Vector work (`vector_ops`, for kinds that run on a vector unit): elementwise
-``out * max(1, n_inputs - 1)``, pool ``out * kh*kw``, gap ``input``, resize and concat ``out``.
+``out * max(1, n_inputs - 1)``, pool and resize ``out * kh*kw``, gap ``input``, concat ``out``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ CONV_KINDS = frozenset({"conv", "conv1x1", "dwconv", "groupconv"})
 VECTOR_KINDS = frozenset(KINDS) - MAC_KINDS
 # Activations the measurement harness can build; any other name is still a valid `act`.
 KNOWN_ACTIVATIONS: tuple[str, ...] = ("relu", "relu6", "hardswish", "sigmoid", "silu", "tanh")
+
+# Resize mode -> interpolation taps per axis (a resize's kh = kw).
+RESIZE_TAPS: dict[str, int] = {"nearest": 1, "linear": 2, "cubic": 4}
 
 INT_FIELDS: tuple[str, ...] = (
     "n", "cin", "cout", "h_in", "w_in", "h_out", "w_out", "kh", "kw", "stride", "groups",
@@ -196,11 +201,11 @@ def vector_ops(spec: OpSpec) -> int:
     inp, _, out = tensor_elements(spec)
     if spec.kind == "elementwise":
         return out * max(1, spec.n_inputs - 1)
-    if spec.kind == "pool":
+    if spec.kind in ("pool", "resize"):
         return out * spec.kh * spec.kw
     if spec.kind == "gap":
         return inp
-    if spec.kind in ("resize", "concat"):
+    if spec.kind == "concat":
         return out
     return 0
 

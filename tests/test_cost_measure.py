@@ -177,3 +177,29 @@ def test_oblong_sample_space_has_batched_gemms_and_non_square_maps():
     assert all(s.macs <= MAX_MACS for s in specs)
     for spec in specs[:12]:  # every shape builds as a one-op model
         assert one_op_model(spec).graph.node
+
+
+@pytest.mark.parametrize("taps, mode", [(1, "nearest"), (2, "linear"), (4, "cubic")])
+def test_resize_taps_pick_the_mode_and_upsampling_reads_a_blocked_tensor(taps, mode):
+    """An upsampling Resize is built behind a 1x1 helper conv (so onnxruntime runs it in the
+    blocked layout it has inside a CNN); time_model leaves the helper out."""
+    from rewriter.cost.measure import LAYOUT_HELPER
+    from rewriter.cost.opspec import vector_ops
+
+    up = OpSpec("resize", cin=24, cout=24, h_in=7, w_in=9, h_out=14, w_out=18, kh=taps, kw=taps)
+    model = one_op_model(up)
+    resize = next(n for n in model.graph.node if n.op_type == "Resize")
+    assert onnx.helper.get_attribute_value(
+        next(a for a in resize.attribute if a.name == "mode")).decode() == mode
+    helpers = [n for n in model.graph.node if n.name.startswith(LAYOUT_HELPER)]
+    assert [n.op_type for n in helpers] == ["Conv"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim],
+                np.float32)
+    assert session.run(None, {"x0": x})[0].shape == (1, 24, 14, 18)
+    assert vector_ops(up) == 14 * 18 * 24 * taps * taps
+    down = OpSpec("resize", cin=24, cout=24, h_in=14, w_in=14, h_out=7, w_out=7)
+    assert not [n for n in one_op_model(down).graph.node if n.name.startswith(LAYOUT_HELPER)]
+    with pytest.raises(MeasurementError, match="taps"):
+        one_op_model(OpSpec("resize", cin=8, cout=8, h_in=4, w_in=4, h_out=8, w_out=8, kh=3,
+                            kw=3))

@@ -60,6 +60,23 @@ def test_a_sequence_matmul_is_a_gemm_with_a_row_per_leading_index():
     assert scores.macs == 3 * 10 * 12 * 10
 
 
+def test_a_resize_kernel_says_its_interpolation_taps():
+    """LR-ASPP's bilinear upsampling costs 2-3x a nearest one in onnxruntime: the spec keeps
+    the mode as taps per axis (kh = kw)."""
+    model = model_from_proto(zoo.build("lraspp", width=0.35, resolution=96))
+    taps = {k.spec.kh for k in decompose(model) if k.spec.kind == "resize"}
+    assert taps == {2}  # both of its Resizes are linear
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], "up", mode="nearest")], "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [scales])
+    nearest = model_from_proto(helper.make_model(graph,
+                                                 opset_imports=[helper.make_opsetid("", 13)]))
+    (kernel,) = decompose(nearest)
+    assert (kernel.spec.kind, kernel.spec.kh, kernel.spec.kw) == ("resize", 1, 1)
+
+
 def test_activation_names_normalise():
     assert normalise_act("hardswish+affine") == "hardswish"
     assert normalise_act("hardsigmoid") == "sigmoid"
