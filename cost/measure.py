@@ -4,9 +4,10 @@
 random weights): the op, plus its fused activation when ``act`` is set. Conv kinds use
 explicit pads giving exactly ``h_out x w_out``; "pool" is a MaxPool; "elementwise" is Add
 (2 inputs), Sum (more), or the activation alone (1 input; Relu when ``act`` is empty);
-"resize" is a Resize to the output size (kh = 1: nearest; 2: linear, half-pixel; 4: cubic);
-"concat" joins ``n_inputs`` inputs, the
-first with ``cin`` channels and the rest sharing ``cout - cin`` equally.
+"resize" is a Resize to the output size (kh = 1: nearest; 2: linear, half-pixel; 4: cubic),
+an upsampling one behind a 1x1 helper conv that puts its input in onnxruntime's blocked
+layout, as in a CNN; "concat" joins ``n_inputs`` inputs, the first with ``cin`` channels
+and the rest sharing ``cout - cin`` equally.
 
 `measure_specs` times each model on the CPUExecutionProvider (``intra_op_num_threads`` =
 threads, 0 meaning onnxruntime's default, ``inter_op_num_threads`` = 1, default graph
