@@ -1,9 +1,11 @@
-"""One entry point for an op's latency on any profile.
+"""An op's own latency model on any profile, and the cached regressor of a measured one.
 
 ``op_latency_s(spec, profile)`` is `analytic.estimate_op(...).latency_s` on an "analytic"
 profile, and ``RegressionEstimator.predict_ms(spec) / 1000`` on a "measured" one, the
 estimator being fitted once per (measurements file, its mtime, the profile's array)
-and kept.
+and kept. That is the op model alone: a kernel's latency inside a model on a target,
+`estimate.Target.kernel`, adds a measured profile's rules on top (free kinds, in-model
+dispatch `overhead_s`, the `floor_at_peak` floor).
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ class Measurement:
 # ----------------------------------------------------------------------------- models
 
 LAYOUT_HELPER = "layout_helper"  # name prefix of nodes a one-op model adds only for layout
+_RESIZE_MODES = {taps: mode for mode, taps in RESIZE_TAPS.items()}  # a resize's kh -> mode
 
 
 class _Builder:
@@ -173,7 +174,7 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     elif k == "gap":
         y = b.node("GlobalAveragePool", ["x0"], "op")
     elif k == "resize":
-        mode = {taps: mode for mode, taps in RESIZE_TAPS.items()}.get(spec.kh)
+        mode = _RESIZE_MODES.get(spec.kh)
         if mode is None:
             raise MeasurementError(f"resize: kh={spec.kh} is no interpolation's taps "
                                    f"({RESIZE_TAPS})")
@@ -485,11 +486,14 @@ def wall_time(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None
 
 
 def measure_specs(specs: Iterable[OpSpec], *, repeats: int = 20, warmup: int = 3,
-                  threads: int = 1, progress: bool = True) -> list[Measurement]:
-    """Time every spec as a one-op model, the profiler's per-node floor removed."""
+                  threads: int = 1, progress: bool = True,
+                  floor_ms: float | None = None) -> list[Measurement]:
+    """Time every spec as a one-op model, the profiler's per-node floor removed (`floor_ms`,
+    measured here when not given: `profiler_floor_ms`)."""
     specs = list(specs)
     device = device_name()
-    floor_ms = profiler_floor_ms(threads)
+    if floor_ms is None:
+        floor_ms = profiler_floor_ms(threads)
     rows = []
     for spec in tqdm(specs, desc="measuring ops", unit="op", disable=not progress):
         ms = time_model(one_op_model(spec), repeats=repeats, warmup=warmup, threads=threads,

@@ -128,7 +128,7 @@ def validate(
     from rewriter.cost.measure import wall_time
 
     cases = list(cases)
-    protos = [c.model.to_onnx() for c in cases]
+    protos = [c.model.to_onnx(infer_shapes=False) for c in cases]  # onnxruntime infers them
     feeds = [c.feeds or make_inputs(c.model, batch=1) for c in cases]
     best = [float("inf")] * len(cases)
     steps = tqdm(total=rounds * len(cases), desc=f"validating {target.name}", unit="run",

@@ -52,7 +52,7 @@ from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.measure import MeasurementError
 from rewriter.cost.opspec import OpSpec
-from rewriter.cost.validate import (Case, GainReport, GainRow, Pair, ValidationReport,
+from rewriter.cost.validate import (Case, GainReport, Pair, ValidationReport,
                                     validate_by, validate_gains)
 from rewriter.cost.zigzag import SUPPORTED_KINDS, ZigZagError, measure_zigzag, simulate_cycles
 from rewriter.graph_io import Model
@@ -155,14 +155,11 @@ def validate_with_zigzag(original: Model, optimized: Model, target: Target, *,
     original, positive when the optimized model is faster. Raises ZigZagError (one line)
     when `target` is not ZigZag-fitted, ZigZag is missing or a layer cannot be simulated.
     """
-    accelerator = target_accelerator(target)
-    before, after = simulate_models_ms([original, optimized], accelerator,
-                                       clock_hz=target.profile.clock_hz, workers=workers,
-                                       progress=progress, cache_dir=cache_dir)
-    row = GainRow("model", "optimized", before, after, target.estimate(original).latency_ms,
-                  target.estimate(optimized).latency_ms)
-    return {"target": target.name, "accelerator": accelerator,
-            "zigzag_original_ms": before, "zigzag_optimized_ms": after,
+    (row,) = gains_on_zigzag(target, [Pair("model", "optimized", original, optimized)],
+                             workers=workers, progress=progress, cache_dir=cache_dir).rows
+    return {"target": target.name, "accelerator": target_accelerator(target),
+            "zigzag_original_ms": row.measured_before_ms,
+            "zigzag_optimized_ms": row.measured_after_ms,
             "zigzag_gain_pct": 100 * row.measured_gain,
             "estimated_original_ms": row.estimated_before_ms,
             "estimated_optimized_ms": row.estimated_after_ms,

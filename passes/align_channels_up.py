@@ -25,6 +25,7 @@ from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value
 from rewriter.passes.base import Namer, Pass, Site, constant, finish
+from rewriter.passes.prune import prunable
 
 
 def _insert(values: np.ndarray, axis: int, at: int, count: int, fill: float) -> np.ndarray:
@@ -54,7 +55,7 @@ class AlignChannels(Pass):
     def sites(self, model: Model) -> list[Site]:
         found = []
         for group in channel_groups(model):
-            if group.is_frozen or not group.by_role("producer"):
+            if not prunable(group):
                 continue
             if self.target(group.channels) == group.channels:
                 continue

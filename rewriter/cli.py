@@ -102,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--allow-architecture-changes", action="store_true",
                       help="also rewrites that change the function (fuse-ibn, "
                            "align-channels-down, depth-multiplier), weights refitted")
-    p.add_argument("--min-fidelity", type=float, default=0.99, metavar="COS",
+    p.add_argument("--min-fidelity", type=float, metavar="COS",
                    help="lowest mean cosine similarity of any output to the original's on "
                         "held-out calibration inputs (default 0.99)")
     p.add_argument("--calibration", metavar="FILE.npz",
                    help="inputs to refit weights and measure fidelity (default: random)")
-    p.add_argument("--multipliers", default="0.75,0.5", metavar="M,M",
+    p.add_argument("--multipliers", metavar="M,M",
                    help="depth multipliers to try (default 0.75,0.5)")
     p.add_argument("--passes", metavar="NAME,NAME",
                    help="search only these passes (default: all the mode allows)")
@@ -346,6 +346,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from rewriter.cost.memory import parse_bytes
     from rewriter.graph_io import save_model
     from rewriter.search import Budget, optimize
+    from rewriter.search.driver import DEFAULT_MIN_FIDELITY
+    from rewriter.search.space import DEFAULT_MULTIPLIERS
     from rewriter.verify import load_inputs
 
     out = Path(args.output)
@@ -361,8 +363,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                       max_activation_bytes=max_acts, budget=budget, seed=args.seed,
                       exact=not args.allow_architecture_changes, inputs=inputs,
                       progress=not args.json and sys.stderr.isatty(),
-                      min_fidelity=args.min_fidelity, calibration=args.calibration,
-                      multipliers=_multipliers(args.multipliers),
+                      min_fidelity=(DEFAULT_MIN_FIDELITY if args.min_fidelity is None
+                                    else args.min_fidelity),
+                      calibration=args.calibration,
+                      multipliers=(DEFAULT_MULTIPLIERS if args.multipliers is None
+                                   else _multipliers(args.multipliers)),
                       passes=args.passes.split(",") if args.passes else None)
     emulated = None
     if args.validate_with == "zigzag":
@@ -427,7 +432,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _cost_measure(args: argparse.Namespace) -> int:
-    from rewriter.cost.measure import measure_specs, sample_specs, write_csv
+    from rewriter.cost.measure import calibrate, measure_specs, sample_specs, write_csv
 
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
@@ -438,7 +443,9 @@ def _cost_measure(args: argparse.Namespace) -> int:
         specs = [s for s in specs if s.kind in SUPPORTED_KINDS]  # it simulates MAC layers only
         rows = measure_zigzag(specs, args.accelerator, clock_hz=args.clock_hz)
     else:
-        rows = measure_specs(specs, repeats=args.repeats, threads=args.threads)
+        dispatch, floor = calibrate(args.threads)  # the floor measure_specs removes, too
+        rows = measure_specs(specs, repeats=args.repeats, threads=args.threads,
+                             floor_ms=floor * 1e3)
     out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
     write_csv(tmp, rows)
@@ -448,9 +455,6 @@ def _cost_measure(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {out}: {len(rows)} ops, median of {args.repeats} runs, "
           f"{args.threads or 'default'} thread(s)")
-    from rewriter.cost.measure import calibrate
-
-    dispatch, floor = calibrate(args.threads)
     print(f"for a measured profile of this machine: overhead_s = {dispatch:.2e} "
           f"(the profiler's {floor:.2e} s per node is already removed from the timings)")
     return 0

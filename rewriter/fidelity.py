@@ -47,9 +47,13 @@ class Fidelity:
 
 
 def measure_fidelity(original: Model, candidate: Model,
-                     batches: Sequence[Mapping[str, np.ndarray]]) -> Fidelity:
-    refs = collect(original, batches)  # one session per model for all the batches
-    news = collect(candidate, batches, list(refs))
+                     batches: Sequence[Mapping[str, np.ndarray]],
+                     reference: Mapping[str, np.ndarray] | None = None) -> Fidelity:
+    """`candidate`'s outputs against `original`'s on `batches`. `reference`: the original's
+    outputs on them (`staged.collect(original, batches)`), when the caller compares many
+    candidates with one original."""
+    refs = collect(original, batches) if reference is None else reference
+    news = collect(candidate, batches, list(refs))  # one session for all the batches
     outputs = []
     for name in refs:
         y0, y = refs[name].astype(np.float64), news[name].astype(np.float64)

@@ -237,6 +237,11 @@ def _targets(original: Model, batches: Batches, layers: list[_Layer]) -> dict[st
     for batch, values in enumerate(stream(proto, batches, list(by_name))):
         for name, layer in by_name.items():
             rows = _rows_of(layer, values[name])
+            if batch == 0 and layer.keep.max(initial=-1) >= rows.shape[1]:
+                raise UnsupportedError(
+                    f"refit: '{name}' has {len(layer.keep)} channels, more than the "
+                    f"original's {rows.shape[1]}: a pass added channels (align-channels-up) "
+                    "before the refit; apply the architecture changes first")
             chosen = layer.rows(len(values[name]), len(rows), batch)
             parts[name].append(rows[chosen][:, layer.keep])
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -31,8 +31,9 @@ from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import Violation, check_budget
 from rewriter.errors import BadInputError, BudgetError, VerificationError
 from rewriter.graph_io import Model, load_model
-from rewriter.search.space import DEFAULT_MULTIPLIERS, Batches, Genome, Score, SearchSpace
-from rewriter.search.strategies import STRATEGIES
+from rewriter.search.space import DEFAULT_MULTIPLIERS, Genome, Score, SearchSpace
+from rewriter.staged import Batches, collect
+from rewriter.search.strategies import STRATEGIES, climb
 from rewriter.verify import VerificationReport, verify
 
 DEFAULT_CANDIDATES = {"greedy": 20_000, "evolution": 2_000, "random": 2_000}
@@ -202,23 +203,6 @@ def _prune(evaluator: _Evaluator, genome: Genome) -> Genome:
     return genome
 
 
-def _complete(evaluator: _Evaluator, genome: Genome, genes: Sequence[int]) -> Genome:
-    """Greedily switch on those of `genes` that lower the estimated latency (the exact
-    rewrites worth having once the architecture changes are fixed)."""
-    while True:
-        best_ms, best = evaluator.score(genome).latency_ms, None
-        for index in genes:
-            if genome[index]:
-                continue
-            trial = genome[:index] + (1,) + genome[index + 1:]
-            score = evaluator(trial)
-            if score is not None and score.latency_ms < best_ms - 1e-12:
-                best_ms, best = score.latency_ms, trial
-        if best is None:
-            return genome
-        genome = best
-
-
 def _pareto(scores: Mapping[Genome, Score], feasible, chosen: Genome
             ) -> list[tuple[float, int, bool]]:
     points = sorted((s.latency_ms, s.memory_bytes, g == chosen)
@@ -259,6 +243,7 @@ class _FidelityGuard:
                  floor: float) -> None:
         self.space, self.evaluator = space, evaluator
         self.fit, self.held, self.floor = fit, held, floor
+        self.reference = collect(space.canonical, held)  # the original's outputs, run once
         self.cache: dict[frozenset[int], Fidelity] = {}  # effective changes -> fidelity
         self._kept: tuple[frozenset[int], Model] | None = None
 
@@ -281,7 +266,8 @@ class _FidelityGuard:
         key = frozenset(self.space.architecture_genes(genome))  # what the built model has
         if key not in self.cache:
             model = self.space.build_architecture(genome, self.fit)
-            self.cache[key] = measure_fidelity(self.space.canonical, model, self.held)
+            self.cache[key] = measure_fidelity(self.space.canonical, model, self.held,
+                                               self.reference)
             if self.cache[key].min_cosine >= self.floor:
                 self._kept = (key, model)
         return self.cache[key]
@@ -379,7 +365,8 @@ def optimize(
         if chosen != genome:
             notes.append(f"architecture changes cut back to hold fidelity >= {min_fidelity}")
             exact_genes = [i for i, gene in enumerate(space.genes) if gene.exact]
-            chosen = _complete(evaluator, chosen, exact_genes)
+            # the exact rewrites worth having once the architecture changes are fixed
+            chosen = climb(evaluator, chosen, exact_genes, margin=1e-12)
         genome = _prune(evaluator, chosen)
         notes.append(f"fidelity measured on {len(guard.cache)} refitted candidates")
     final = evaluator.score(genome)

@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from math import prod
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.analysis.channels import analyse_channels
@@ -42,13 +41,13 @@ from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.passes import PASSES, get_pass
 from rewriter.rewrite import apply_pass
+from rewriter.staged import Batches
 
 EXACT_ORDER = ("align-channels-up", "dw-to-dense", "fuse-linear-conv")
 ARCHITECTURE_ORDER = ("depth-multiplier", "align-channels-down", "fuse-ibn")
 DEFAULT_MULTIPLIERS = (0.75, 0.5)
 
 Genome = tuple[int, ...]
-Batches = Sequence[Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -374,6 +373,7 @@ class SearchSpace:
         """The genome's exact rewrites applied on `model` (from `build_architecture`)."""
         return self._apply(model, set(self.active(genome)), EXACT_ORDER)
 
-    def build(self, genome: Genome, calibration: Batches | None = None) -> Model:
-        """The canonical model with the genome's rewrites applied by the real passes."""
-        return self.build_exact(self.build_architecture(genome, calibration), genome)
+    def build(self, genome: Genome) -> Model:
+        """The canonical model with the genome's rewrites applied by the real passes
+        (architecture changes with their initial weights, not refitted)."""
+        return self.build_exact(self.build_architecture(genome), genome)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from rewriter.search.space import Genome, Score
 
@@ -23,24 +23,34 @@ class Strategy(Protocol):
                  rng: random.Random) -> None: ...
 
 
-def greedy(evaluate: Evaluate, genes: int, exhausted: Callable[[], bool],
-           rng: random.Random) -> None:
-    """The expert rules: from no rewrite, repeatedly apply the one rewrite that lowers the
-    estimated latency most, until none lowers it (or the budget ends)."""
-    current = tuple([0] * genes)
+def climb(evaluate: Evaluate, start: Genome, indices: Sequence[int],
+          exhausted: Callable[[], bool] = lambda: False, margin: float = 0.0) -> Genome:
+    """From `start`, repeatedly switch on the gene of `indices` that lowers the estimated
+    latency most (by more than `margin`; ties go to the lower index), until none does or
+    the budget ends; the genome reached."""
+    current = start
     best = evaluate(current)
     while not exhausted():
         moves = []
-        for index in range(genes):
+        for index in indices:
             if current[index] or exhausted():
                 continue
             trial = current[:index] + (1,) + current[index + 1:]
             score = evaluate(trial)
-            if score is not None and (best is None or score.latency_ms < best.latency_ms):
+            if score is not None and (best is None
+                                      or score.latency_ms < best.latency_ms - margin):
                 moves.append((score.latency_ms, index, trial, score))
         if not moves:
-            return
+            break
         _, _, current, best = min(moves)
+    return current
+
+
+def greedy(evaluate: Evaluate, genes: int, exhausted: Callable[[], bool],
+           rng: random.Random) -> None:
+    """The expert rules: from no rewrite, repeatedly apply the one rewrite that lowers the
+    estimated latency most, until none lowers it (or the budget ends)."""
+    climb(evaluate, tuple([0] * genes), range(genes), exhausted)
 
 
 def _random_genome(rng: random.Random, genes: int) -> Genome:

@@ -152,3 +152,19 @@ def test_fit_conv_keeps_groups_block_diagonal():
     weights, fitted_bias = fit_conv(patches, patches @ mixing.T, info, lam=1e-8, scarcity=0.0)
     fitted = patches @ grouped_to_dense(weights, 4).reshape(24, -1).T + fitted_bias
     assert _relative(fitted, patches @ mixing.T) > 0.5
+
+
+def test_a_refit_after_padding_channels_is_one_clear_error():
+    """align-channels-up records no kept channels (it adds them); a refit over a padded
+    tensor cannot fit to channels the original lacks, and says so."""
+    from rewriter import zoo
+    from rewriter.passes import get_pass
+    from rewriter.rewrite import apply_pass
+
+    model = apply_pass(load(zoo.build("mobilenetv2", width=0.5, resolution=64)),
+                       get_pass("fold-bn")).model
+    padded = apply_pass(model, get_pass("align-channels-up", 32)).model
+    fused = apply_pass(padded, get_pass("fuse-ibn")).model
+    batches, _ = calibration_batches(model, None, count=4, batch=2)
+    with pytest.raises(UnsupportedError, match="added channels"):
+        refit(model, fused, batches)
