@@ -8,14 +8,16 @@ shares most kernels with the last one costs a few dictionary look-ups.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 from pathlib import Path
 
 from rewriter.analysis.memory import memory_stats
 from rewriter.cost.analytic import estimate_op, peak_s
 from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.opspec import OpSpec
-from rewriter.cost.profile import HardwareProfile, load_profile
+from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
 
 
@@ -59,6 +61,19 @@ class ModelEstimate:
         }
 
 
+def streaming_bandwidth(rows: list[tuple[OpSpec, float]], onchip_bytes: int,
+                        source: object = "measurements") -> float:
+    """Bytes per second at which measured batch-1 gemms whose weights exceed `onchip_bytes`
+    ran (the median over them): the rate a kernel reads weights that are not in the core's
+    own cache. Such a gemm does one multiply-add per weight, so it is bound by that rate."""
+    rates = [spec.weight_bytes / (ms / 1e3) for spec, ms in rows
+             if spec.kind == "gemm" and spec.n == 1 and spec.weight_bytes > onchip_bytes]
+    if not rates:
+        raise ProfileError(f"{source}: stream_weights needs measured gemms whose weights "
+                           f"exceed onchip_memory_bytes ({onchip_bytes})")
+    return float(np.median(rates))
+
+
 class Target:
     """A named target: a profile plus the per-kernel latency model that serves it."""
 
@@ -66,10 +81,14 @@ class Target:
         self.profile = profile
         self._cache: dict[tuple, tuple[float, float | None]] = {}
         self._regressor = None
+        self._weights_bytes_per_ms: float | None = None
         if profile.kind == "measured":
             from rewriter.cost.latency import regression_for
 
             self._regressor = regression_for(profile)
+            if profile.stream_weights:
+                self._weights_bytes_per_ms = streaming_bandwidth(
+                    self._regressor.rows, profile.onchip_memory_bytes, profile.source) / 1e3
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "Target":
@@ -88,8 +107,12 @@ class Target:
                 hit = (0.0, None)
             elif self._regressor is not None:
                 # Measured kernel time (the profiler's own cost already removed, see
-                # cost.measure) plus in-model dispatch.
-                ms = float(self._regressor.predict_ms(spec)) + self.profile.overhead_s * 1e3
+                # cost.measure), no less than its weights take to stream in when the
+                # profile says they do, plus in-model dispatch.
+                ms = float(self._regressor.predict_ms(spec))
+                if self._weights_bytes_per_ms:
+                    ms = max(ms, spec.weight_bytes / self._weights_bytes_per_ms)
+                ms += self.profile.overhead_s * 1e3
                 if self.profile.floor_at_peak:
                     ms = max(ms, peak_s(spec, self.profile) * 1e3)
                 hit = (max(ms, self.profile.overhead_s * 1e3), None)
@@ -99,21 +122,40 @@ class Target:
             self._cache[key] = hit
         return hit
 
+    def _reorder_spec(self, spec: OpSpec) -> OpSpec:
+        """A layout conversion as measured, or as a copy of the tensor (an elementwise op of
+        its size) for measurements that hold no conversions."""
+        if self._regressor is None or self._regressor.covers("reorder"):
+            return spec
+        return replace(spec, kind="elementwise", layout="")
+
     def kernels_ms(self, kernels: list[Kernel]) -> float:
         return sum(self.kernel(k.spec)[0] for k in kernels)
 
     def estimate(self, model: Model) -> ModelEstimate:
         kernels = decompose(model)
-        ops = []
-        for k in kernels:
-            ms, util = self.kernel(k.spec)
-            ops.append(KernelEstimate(k.name, k.op_type, k.spec.kind, k.nodes, ms, util))
+        layout = None
         if self.profile.blocked_layout:
-            from rewriter.cost.layout import onnxruntime_reorders
+            from rewriter.cost.layout import onnxruntime_layout
 
-            for tensor, spec in onnxruntime_reorders(model):
-                ops.append(KernelEstimate(f"reorder:{tensor}", "Reorder", "reorder", (),
-                                          self.kernel(spec)[0], None))
+            layout = onnxruntime_layout(model)
+        ops = []
+        nodes = {node.name: node for node in model.graph.nodes} if layout is not None else {}
+        for k in kernels:
+            spec = k.spec
+            if layout is not None and k.name in layout.unblocked:
+                spec = replace(spec, layout="nchw")
+            separate = _run_separately(k, layout, nodes, model.shapes) if layout else []
+            if separate:
+                spec = replace(spec, act="")
+            ms, util = self.kernel(spec)
+            ops.append(KernelEstimate(k.name, k.op_type, spec.kind, k.nodes, ms, util))
+            for name, op_type, part in separate:
+                ops.append(KernelEstimate(name, op_type, part.kind, (name,),
+                                          self.kernel(part)[0], None))
+        for tensor, spec in layout.reorders if layout is not None else ():
+            ops.append(KernelEstimate(f"reorder:{tensor}", "Reorder", "reorder", (),
+                                      self.kernel(self._reorder_spec(spec))[0], None))
         mem = memory_stats(model)
         return ModelEstimate(
             target=self.name,
@@ -122,6 +164,30 @@ class Target:
             peak_activation_bytes=mem.peak_activation_bytes,
             ops=ops,
         )
+
+
+_MAC_OPS = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+
+
+def _run_separately(kernel: Kernel, layout, nodes: dict, shapes: dict
+                    ) -> list[tuple[str, str, OpSpec]]:
+    """The BN and activation nodes we fuse into `kernel` that the runtime runs as passes of
+    their own (`layout.ran` names them), each as an elementwise op of its output's shape
+    (one input, or two where it combines two tensors of that shape)."""
+    out = []
+    for name in kernel.nodes[1:]:
+        op_type = layout.ran.get(name)
+        if op_type is None or op_type in _MAC_OPS:
+            continue
+        node = nodes[name]
+        shape = shapes.get(node.outputs[0].name)
+        if not shape:
+            continue
+        full = sum(1 for t in node.inputs if shapes.get(t.name) == shape)
+        n, c, h, w = (tuple(shape) + (1, 1, 1, 1))[:4] if len(shape) >= 2 else (1, shape[0], 1, 1)
+        out.append((name, op_type, OpSpec("elementwise", n=n, cin=c, cout=c, h_in=h, w_in=w,
+                                          h_out=h, w_out=w, n_inputs=max(1, full))))
+    return out
 
 
 def estimate(model: Model, target: str | Path | Target) -> ModelEstimate:

@@ -7,7 +7,10 @@ explicit pads giving exactly ``h_out x w_out``; "pool" is a MaxPool; "elementwis
 "resize" is a Resize to the output size (kh = 1: nearest; 2: linear, half-pixel; 4: cubic),
 an upsampling one behind a 1x1 helper conv that puts its input in onnxruntime's blocked
 layout, as in a CNN; "concat" joins ``n_inputs`` inputs, the first with ``cin`` channels
-and the rest sharing ``cout - cin`` equally.
+and the rest sharing ``cout - cin`` equally; "reorder" is the conversion onnxruntime
+inserts around a helper 1x1 conv (out of its blocked layout at the output for layout
+"nchw", into it at the input otherwise), timed on that Reorder node alone. A resize with
+layout "nchw" is built without the helper, so it runs unblocked.
 
 `measure_specs` times each model on the CPUExecutionProvider (``intra_op_num_threads`` =
 threads, 0 meaning onnxruntime's default, ``inter_op_num_threads`` = 1, default graph
@@ -22,16 +25,18 @@ the per-kernel dispatch cost that a whole model does pay is the profile's `overh
 CSV columns, in this order (`write_csv`)::
 
     kind, n, cin, cout, h_in, w_in, h_out, w_out, kh, kw, stride, groups, act, n_inputs,
-    dtype_bytes                       the OpSpec fields
+    dtype_bytes, layout               the OpSpec fields
     latency_ms                        median latency of one run, ms (> 0)
     device, threads, repeats          metadata: where and how it was measured
 
 ``rewriter cost measure -n 3000 --seed 0 --threads 1 -o FILE.csv`` samples, times and
-writes a measurement set (the bundled cost/data/cpu-ort.csv was made this way).
+writes a measurement set; ``--space wide|oblong|stem|layout ... --append`` adds rows from
+other corners of the op space (the bundled cost/data/cpu-ort.csv was made this way, see
+its profile).
 
 `read_csv` needs only kind, n, cin, cout, h_in, w_in, h_out, w_out, kh, kw, stride, groups
 and latency_ms (a CSV measured elsewhere); the other columns default to act "",
-n_inputs 1, dtype_bytes 4, device "", threads 0, repeats 0, and unknown columns are
+n_inputs 1, dtype_bytes 4, layout "", device "", threads 0, repeats 0, and unknown columns are
 ignored. A malformed file raises `MeasurementError` naming the file, the row (counted as
 lines, the header being row 1) and the column.
 """
@@ -63,8 +68,8 @@ OPSET = 13
 META_COLUMNS = ("latency_ms", "device", "threads", "repeats")
 COLUMNS = (*SPEC_FIELDS, *META_COLUMNS)
 REQUIRED_COLUMNS = (*SPEC_FIELDS[:12], "latency_ms")
-_DEFAULTS = {"act": "", "n_inputs": "1", "dtype_bytes": "4", "device": "", "threads": "0",
-             "repeats": "0"}
+_DEFAULTS = {"act": "", "n_inputs": "1", "dtype_bytes": "4", "layout": "", "device": "",
+             "threads": "0", "repeats": "0"}
 
 
 class MeasurementError(ValueError):
@@ -178,7 +183,8 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         if mode is None:
             raise MeasurementError(f"resize: kh={spec.kh} is no interpolation's taps "
                                    f"({RESIZE_TAPS})")
-        if spec.h_out % spec.h_in or spec.w_out % spec.w_in or spec.h_out <= spec.h_in:
+        if (spec.layout == "nchw" or spec.h_out % spec.h_in or spec.w_out % spec.w_in
+                or spec.h_out <= spec.h_in):
             sizes = b.const("sizes", np.array([spec.n, spec.cout, spec.h_out, spec.w_out],
                                               np.int64))
             y = b.node("Resize", ["x0", "", "", sizes], "op", mode=mode,
@@ -197,6 +203,20 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
                 [1, 1, spec.h_out // spec.h_in, spec.w_out // spec.w_in], np.float32))
             y = b.node("Resize", [x, "", scales], "op", mode=mode,
                        coordinate_transformation_mode="half_pixel")
+    elif k == "reorder":
+        # onnxruntime inserts the conversion itself, around a helper 1x1 conv that it runs
+        # blocked: out of the blocked layout at the graph output (layout "nchw"), into it at
+        # the graph input (layout ""); time_model times that one Reorder node.
+        if spec.cin != spec.cout or (spec.h_in, spec.w_in) != (spec.h_out, spec.w_out):
+            raise MeasurementError("reorder specs keep their shape: cin = cout, same map")
+        outside = 16
+        if spec.layout == "nchw":
+            shape = [spec.n, outside, spec.h_in, spec.w_in]
+            inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
+            w = b.weight("W", (spec.cout, outside, 1, 1), outside)
+        else:
+            w = b.weight("W", (outside, spec.cin, 1, 1), spec.cin)
+        y = b.node("Conv", ["x0", w], f"{LAYOUT_HELPER}_conv")
     elif k == "elementwise":
         names = [f"x{i}" for i in range(spec.n_inputs)]
         inputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, shape) for nm in names]
@@ -216,7 +236,8 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         y = b.node("Concat", [v.name for v in inputs], "op", axis=1)
     if act:
         y = _activation(b, act, y)
-    out_shape = [spec.n, spec.cout] + ([] if k == "gemm" else [spec.h_out, spec.w_out])
+    out_channels = 16 if k == "reorder" and spec.layout != "nchw" else spec.cout
+    out_shape = [spec.n, out_channels] + ([] if k == "gemm" else [spec.h_out, spec.w_out])
     out = helper.make_tensor_value_info(y, TensorProto.FLOAT, out_shape)
     graph = helper.make_graph(b.nodes, f"one_{k}", inputs, [out], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -351,17 +372,67 @@ def _sample_oblong(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
 
 
 _OBLONG_KIND_WEIGHTS = {"conv": 0.25, "conv1x1": 0.25, "dwconv": 0.15, "gemm": 0.35}
+_STEM_SIDES = (32, 48, 64, 80, 96, 128, 160, 192, 224, 256, 320, 384, 512, 640)
+
+
+def _sample_stem(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
+    """The first conv of an image model, which no other space draws (they start at 8 input
+    channels): 1, 3 or 4 input channels (grey, RGB, RGBA) on a 32-640 pixel image, square
+    or not, 3x3 to 7x7 mostly at stride 2, 8-64 output channels."""
+    act = str(rng.choice(_ACTS))
+    cin = int(rng.choice([1, 3, 3, 3, 4]))
+    cout = int(round(math.exp(rng.uniform(math.log(8), math.log(64)))))
+    cout = max(p, round(cout / p) * p) if rng.random() < 0.5 else cout
+    height = int(rng.choice(_STEM_SIDES))
+    width = height if rng.random() < 0.6 else int(rng.choice(_STEM_SIDES))
+    stride = int(rng.choice([1, 2, 2, 2]))
+    kernel = int(rng.choice([3, 3, 3, 5, 7]))
+    square = OpSpec.conv2d(cin, cout, height, kernel, stride, 1, act)
+    return replace(square, w_in=width, w_out=ceil_div(width, stride))
+
+
+_STEM_KIND_WEIGHTS = {"conv": 1.0}
+_LAYOUT_SIDES = (2, 3, 4, 6, 7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224, 320)
+
+
+def _sample_layout(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
+    """What a runtime with a blocked layout adds between kernels, and the upsampling a
+    segmentation or detection head runs: a layout conversion of one tensor (out of the
+    blocked layout, or into it: channels a multiple of 8, at least 16, as onnxruntime
+    blocks them), or a nearest or linear x2, x4 or x8 upsampling, blocked or left in NCHW;
+    channels log-uniform over 8-1280."""
+    channels = _log_channels(rng, p)
+    size = int(rng.choice(_LAYOUT_SIDES))
+    if kind == "reorder":
+        layout = str(rng.choice(["", "nchw"]))
+        if layout == "":
+            channels = max(16, round(channels / 8) * 8)
+        return OpSpec("reorder", cin=channels, cout=channels, h_in=size, w_in=size,
+                      h_out=size, w_out=size, layout=layout)
+    scale = int(rng.choice([2, 4, 8]))
+    taps = int(rng.choice([1, 2]))
+    size = max(1, size // scale)
+    return OpSpec("resize", cin=channels, cout=channels, h_in=size, w_in=size,
+                  h_out=size * scale, w_out=size * scale, kh=taps, kw=taps,
+                  layout=str(rng.choice(["", "nchw"])))
+
+
+_LAYOUT_KIND_WEIGHTS = {"reorder": 0.6, "resize": 0.4}
 # name -> (kind weights, sampler)
 SPACES = {"default": (_KIND_WEIGHTS, _sample_one), "wide": (_WIDE_KIND_WEIGHTS, _sample_wide),
-          "oblong": (_OBLONG_KIND_WEIGHTS, _sample_oblong)}
+          "oblong": (_OBLONG_KIND_WEIGHTS, _sample_oblong),
+          "stem": (_STEM_KIND_WEIGHTS, _sample_stem),
+          "layout": (_LAYOUT_KIND_WEIGHTS, _sample_layout)}
 
 
 def sample_specs(n: int, seed: int, parallelism: int = 32, space: str = "default"
                  ) -> list[OpSpec]:
     """`n` random specs over the op space, each at most MAX_MACS MACs and MAX_ELEMENTS
     elements per tensor (a few ms on one CPU core); deterministic for a seed.
-    space="wide" and "oblong": MAC layers only, from the corners the default space samples
-    thinly or never (see `_sample_wide`, `_sample_oblong`), to add to a measurement set."""
+    space="wide", "oblong" and "stem": MAC layers only, from the corners the default space
+    samples thinly or never (see `_sample_wide`, `_sample_oblong`, `_sample_stem`);
+    "layout": layout conversions and upsampling (`_sample_layout`); all to add to a
+    measurement set."""
     if space not in SPACES:
         raise ValueError(f"unknown sample space {space!r}")
     kinds, sample = SPACES[space]
@@ -410,9 +481,11 @@ MIN_MS = 1e-4  # 0.1 us
 
 
 def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
-               threads: int = 1, node_floor_ms: float = 0.0) -> float:
+               threads: int = 1, node_floor_ms: float = 0.0,
+               only: str | None = None) -> float:
     """Median per-run kernel time of `model`'s ops (layout reorders and LAYOUT_HELPER
-    nodes excluded), in ms.
+    nodes excluded; with `only`, the nodes of that onnxruntime op alone, which must run),
+    in ms.
 
     `node_floor_ms` is subtracted from every profiled node (never below zero): the
     profiler's own cost per node, which a run without profiling does not pay. One kernel
@@ -431,16 +504,29 @@ def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
     runs = sorted(e["ts"] for e in events if e.get("cat") == "Session"
                   and e.get("name") == "model_run")
     per_run = [0.0] * len(runs)
+    seen = 0
     for e in events:
-        if (e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
-                and e.get("args", {}).get("op_name") not in _LAYOUT_OPS
-                and not e["name"].startswith(LAYOUT_HELPER)):
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op = e.get("args", {}).get("op_name")
+        if (op == only if only else
+                op not in _LAYOUT_OPS and not e["name"].startswith(LAYOUT_HELPER)):
             index = bisect.bisect_right(runs, e["ts"]) - 1
             if index >= 0:
                 per_run[index] += max(e["dur"] / 1e3 - node_floor_ms, 0.0)
+                seen += 1
+    if only and not seen:
+        raise MeasurementError(f"onnxruntime ran no {only} node in this model")
     timed = per_run[warmup:] or per_run
     # The profiler counts whole microseconds; an op below its resolution still costs > 0.
     return max(statistics.median(timed), MIN_MS)
+
+
+def reorder_op(spec: OpSpec) -> str | None:
+    """The onnxruntime node a reorder spec is timed by (None for other kinds)."""
+    if spec.kind != "reorder":
+        return None
+    return "ReorderOutput" if spec.layout == "nchw" else "ReorderInput"
 
 
 def _relu_chain(length: int) -> onnx.ModelProto:
@@ -497,7 +583,7 @@ def measure_specs(specs: Iterable[OpSpec], *, repeats: int = 20, warmup: int = 3
     rows = []
     for spec in tqdm(specs, desc="measuring ops", unit="op", disable=not progress):
         ms = time_model(one_op_model(spec), repeats=repeats, warmup=warmup, threads=threads,
-                        node_floor_ms=floor_ms)
+                        node_floor_ms=floor_ms, only=reorder_op(spec))
         rows.append(Measurement(spec, ms, device, threads, repeats))
     return rows
 

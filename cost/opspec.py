@@ -5,6 +5,12 @@ Every cost model in `rewriter.cost` works on an `OpSpec`, never on a graph. Shap
 `kh = kw` is the interpolation's taps per axis: 1 nearest, 2 linear, 4 cubic
 (`RESIZE_TAPS`).
 
+A "reorder" is a runtime's layout conversion of one tensor (onnxruntime's ReorderInput /
+ReorderOutput between plain NCHW and its blocked NCHWc layout). `layout` names the layout
+an op runs in where that is not the runtime's usual one for it: "nchw" for a resize that
+onnxruntime leaves unblocked (its input comes from an op it cannot block), and for a
+reorder the layout it converts to ("nchw": out of the blocked layout; "": into it).
+
 Work, for a conv of any kind (``cin/groups`` input channels per output channel)::
 
     macs = n * h_out * w_out * cout * (cin / groups) * kh * kw        # gemm: n*cin*cout
@@ -28,7 +34,8 @@ inputs ``n_inputs * n*cin*h_in*w_in`` (concat: the concatenated output), weights
 ``n*cout*h_out*w_out``. The ``*_bytes`` properties multiply the raw sizes by `dtype_bytes`.
 
 Vector work (`vector_ops`, for kinds that run on a vector unit): elementwise
-``out * max(1, n_inputs - 1)``, pool and resize ``out * kh*kw``, gap ``input``, concat ``out``.
+``out * max(1, n_inputs - 1)``, pool and resize ``out * kh*kw``, gap ``input``, concat and
+reorder ``out``.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from math import log
 
 KINDS: tuple[str, ...] = (
     "conv", "conv1x1", "dwconv", "groupconv", "gemm",
-    "pool", "gap", "elementwise", "resize", "concat",
+    "pool", "gap", "elementwise", "resize", "concat", "reorder",
 )
 MAC_KINDS = frozenset({"conv", "conv1x1", "dwconv", "groupconv", "gemm"})
 CONV_KINDS = frozenset({"conv", "conv1x1", "dwconv", "groupconv"})
@@ -46,6 +53,7 @@ VECTOR_KINDS = frozenset(KINDS) - MAC_KINDS
 # Activations the measurement harness can build; any other name is still a valid `act`.
 KNOWN_ACTIVATIONS: tuple[str, ...] = ("relu", "relu6", "hardswish", "sigmoid", "silu", "tanh")
 
+LAYOUTS: tuple[str, ...] = ("", "nchw")
 # Resize mode -> interpolation taps per axis (a resize's kh = kw).
 RESIZE_TAPS: dict[str, int] = {"nearest": 1, "linear": 2, "cubic": 4}
 
@@ -80,6 +88,7 @@ class OpSpec:
     act: str = ""
     n_inputs: int = 1
     dtype_bytes: int = 4
+    layout: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,6 +99,8 @@ class OpSpec:
                 raise ValueError(f"OpSpec.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.act, str):
             raise ValueError(f"OpSpec.act must be a string, got {self.act!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"OpSpec.layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.kind in CONV_KINDS and (self.cin % self.groups or self.cout % self.groups):
             raise ValueError(f"OpSpec: cin={self.cin} and cout={self.cout} must be multiples "
                              f"of groups={self.groups}")
@@ -149,7 +160,7 @@ class OpSpec:
         # Not dataclasses.astuple: it deep-copies, and the search calls this per kernel.
         return (self.kind, self.n, self.cin, self.cout, self.h_in, self.w_in, self.h_out,
                 self.w_out, self.kh, self.kw, self.stride, self.groups, self.act,
-                self.n_inputs, self.dtype_bytes)
+                self.n_inputs, self.dtype_bytes, self.layout)
 
 
 SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(OpSpec))
@@ -205,7 +216,7 @@ def vector_ops(spec: OpSpec) -> int:
         return out * spec.kh * spec.kw
     if spec.kind == "gap":
         return inp
-    if spec.kind == "concat":
+    if spec.kind in ("concat", "reorder"):
         return out
     return 0
 
@@ -219,7 +230,7 @@ def features(spec: OpSpec, parallelism: int, ox: int = 1, oy: int = 1) -> dict[s
     padded_macs = mac_cycles(P, P) * P * P (MACs with channels rounded up to the
     array), array utilisation macs / padded_macs, log_ideal_cycles = log mac_cycles(P, P,
     ox, oy) (the map tiled too), spatial_fill = h_out*w_out / (the map rounded up to
-    oy x ox), and one-hot kind and activation.
+    oy x ox), one-hot kind and activation, and layout_nchw (the op runs unblocked).
     """
     p = parallelism
     ideal = mac_cycles(spec, p, p, ox, oy)
@@ -260,6 +271,7 @@ def features(spec: OpSpec, parallelism: int, ox: int = 1, oy: int = 1) -> dict[s
     for act in KNOWN_ACTIVATIONS:
         feats[f"act_{act}"] = float(spec.act == act)
     feats["act_other"] = float(spec.act not in ("", *KNOWN_ACTIVATIONS))
+    feats["layout_nchw"] = float(spec.layout == "nchw")
     return feats
 
 

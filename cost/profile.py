@@ -11,10 +11,11 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
     bandwidth_bytes_per_s          number > 0   off-chip memory bandwidth
     overhead_s                     number >= 0  fixed cost of launching one op
     bytes_per_element              int > 0   element size of tensors on the device
-    [ops.<kind>]                   "analytic": one table per OpSpec kind, optional otherwise
+    [ops.<kind>]                   "analytic": one table per OpSpec kind ([ops.reorder] may be
+                                   left out: it takes [ops.elementwise]), optional otherwise
         conv, conv1x1, groupconv, gemm:  efficiency (0, 1]   fraction of peak reached
         dwconv:                          depthwise_efficiency (0, 1]
-        elementwise, pool, gap, resize, concat:  lanes int > 0, efficiency (0, 1]
+        elementwise, pool, gap, resize, concat, reorder:  lanes int > 0, efficiency (0, 1]
     [activations]                  "analytic": name = vector ops per output element of a
                                    fused activation (>= 0), with a required "default"
     measurements                   "measured" only: CSV path, relative to the profile's folder
@@ -36,6 +37,12 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
                                    the profile's parallelism) at clock_hz; needs
                                    macs_per_cycle = in * out * ox * oy. True of a simulator,
                                    whose array cannot run faster than its peak
+    stream_weights                 "measured" only, optional (default false): in a whole
+                                   model every kernel's weights come from beyond the core's
+                                   own cache (the other kernels evicted them since its last
+                                   run), so no kernel beats its weight bytes over the rate at
+                                   which the measured gemms whose weights exceed
+                                   onchip_memory_bytes (the core's private cache) ran
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -67,6 +74,7 @@ _MEASURED: dict[str, tuple[type, str]] = {"measurements": (str, ""), "estimator"
 _MEASURED_OPTIONAL: dict[str, tuple[type, str]] = {
     "blocked_layout": (bool, ""), "free_kinds": (list, "kinds"), "accelerator": (str, "name"),
     "parallelism_ox": (int, "pos"), "parallelism_oy": (int, "pos"), "floor_at_peak": (bool, ""),
+    "stream_weights": (bool, ""),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _MAC_OP = {"efficiency": (float, "frac")}
@@ -75,6 +83,9 @@ _OP_KEYS: dict[str, dict[str, tuple[type, str]]] = {
     kind: (_MAC_OP if kind in MAC_KINDS else _VECTOR_OP) for kind in KINDS
 }
 _OP_KEYS["dwconv"] = {"depthwise_efficiency": (float, "frac")}
+# Kinds an analytic profile may leave out, and the kind whose parameters they take then: a
+# layout conversion is a copy on the vector unit.
+_OPTIONAL_OPS = {"reorder": "elementwise"}
 
 
 class ProfileError(ValueError):
@@ -122,8 +133,13 @@ class HardwareProfile:
     parallelism_oy: int = 1
     # "measured" only: estimates never beat the array's ideal cycles (see analytic.peak_s).
     floor_at_peak: bool = False
+    # "measured" only: kernels read their weights at the streaming rate of the measured
+    # gemms too large for onchip memory (cost.estimate.streaming_bandwidth).
+    stream_weights: bool = False
 
     def op(self, kind: str) -> OpParams:
+        if kind not in self.ops and kind in _OPTIONAL_OPS:
+            kind = _OPTIONAL_OPS[kind]
         if kind not in self.ops:
             raise ProfileError(f"{self.source}: ops.{kind}: no parameters for this op kind")
         return self.ops[kind]
@@ -232,7 +248,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         if op_kind in ops_table:
             ops[op_kind] = OpParams(**_table(path, f"ops.{op_kind}.", ops_table[op_kind],
                                              _OP_KEYS[op_kind]))
-        elif kind == "analytic":
+        elif kind == "analytic" and op_kind not in _OPTIONAL_OPS:
             raise ProfileError(f"{path}: ops.{op_kind}: missing table")
     for op_kind in ops_table:
         if op_kind not in KINDS:

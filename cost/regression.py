@@ -49,6 +49,8 @@ from rewriter.cost.profile import HardwareProfile, ProfileError
 FORMAT = "rewriter.cost.regression"
 VERSION = 1
 COLUMNS = (*SPEC_FIELDS, "latency_ms")
+# Files saved before OpSpec had a layout: their rows lack it, and it is "" for all of them.
+_COLUMNS_BEFORE_LAYOUT = tuple(c for c in COLUMNS if c != "layout")
 MAX_FILE_BYTES = 64 * 2**20
 MAX_INT = 2**31
 # name -> (type, lowest, highest)
@@ -159,6 +161,7 @@ class RegressionEstimator:
         self._shared: _Model | None = None
         self._fitted = False
         self._cache: dict[tuple, float] = {}
+        self._kinds: frozenset[str] = frozenset()
 
     def _matrix(self, specs: Iterable[OpSpec]) -> np.ndarray:
         hp = self.hyperparameters
@@ -171,6 +174,7 @@ class RegressionEstimator:
         if not pairs:
             raise EstimatorError("no training rows")
         self.rows, self._models, self._shared, self._cache = pairs, {}, None, {}
+        self._kinds = frozenset(spec.kind for spec, _ in pairs)
         x, y, kinds = self._training_data()
         for kind in KINDS:
             mask = kinds == kind
@@ -204,6 +208,10 @@ class RegressionEstimator:
             mask = kinds == kind
             out[mask] = self._model(kind).predict(x[mask])
         return np.exp(out)
+
+    def covers(self, kind: str) -> bool:
+        """Whether any training row is of `kind`."""
+        return kind in self._kinds
 
     def predict_ms(self, spec: OpSpec) -> float:
         key = spec.signature()
@@ -305,7 +313,7 @@ def _check_row(where: str, row: Any) -> Row:
     values = dict(zip(COLUMNS, row))
     for name in INT_FIELDS:
         _check_number(f"{where}, column {name!r}", values[name], int, 1, MAX_INT)
-    for name in ("kind", "act"):
+    for name in ("kind", "act", "layout"):
         if not isinstance(values[name], str) or len(values[name]) > 64:
             raise EstimatorError(f"{where}, column {name!r}: expected a short string")
     latency = _check_number(f"{where}, column 'latency_ms'", values["latency_ms"], float,
@@ -327,10 +335,14 @@ def _check_document(data: Any, where: str) -> tuple[dict[str, Any], list[Row]]:
         raise EstimatorError(f"{where}: {what}")
     if data["format"] != FORMAT or data["version"] != VERSION:
         raise EstimatorError(f"{where}: format: expected {FORMAT!r} version {VERSION}")
-    if data["columns"] != list(COLUMNS):
+    old = data["columns"] == list(_COLUMNS_BEFORE_LAYOUT)
+    if data["columns"] != list(COLUMNS) and not old:
         raise EstimatorError(f"{where}: columns: expected {list(COLUMNS)}")
     hp = _check_hyperparameters(data["hyperparameters"], where)
     rows = data["rows"]
     if not isinstance(rows, list) or not rows:
         raise EstimatorError(f"{where}: rows: expected a non-empty list")
+    if old:
+        at = COLUMNS.index("layout")
+        rows = [row[:at] + [""] + row[at:] if isinstance(row, list) else row for row in rows]
     return hp, [_check_row(f"{where}: rows[{i}]", row) for i, row in enumerate(rows)]

@@ -125,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallelism", type=int, default=32, metavar="P",
                    help="channel counts are sampled around multiples of P (default 32)")
-    p.add_argument("--space", default="default", choices=["default", "wide", "oblong"],
+    p.add_argument("--space", default="default",
+                   choices=["default", "wide", "oblong", "stem", "layout"],
                    help="wide: MAC layers only, from the corners the default space samples "
                         "thinly (1x1 maps, 8-1280 channels log-uniform); oblong: gemms over "
-                        "2-512 rows and convs on non-square maps")
+                        "2-512 rows and convs on non-square maps; stem: first convs (1-4 "
+                        "input channels on 32-640 pixel images); layout: onnxruntime's "
+                        "layout conversions and x2-x8 upsampling, blocked or not")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime intra-op threads, recorded in the CSV (default 1)")
@@ -140,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-hz", type=float, default=1e9,
                    help="ZigZag cycles to ms at this clock (default 1e9: 1 ms = 1e6 cycles)")
     p.add_argument("-o", "--output", required=True, metavar="CSV")
+    p.add_argument("--append", action="store_true",
+                   help="add the new rows to those already in the output CSV")
     p = cost_sub.add_parser("fit", help="fit a regression estimator on a measurement CSV")
     p.add_argument("csv", help="measurements (ours, or your device's; see docs of columns)")
     p.add_argument("-o", "--output", required=True, metavar="ESTIMATOR.json")
@@ -432,10 +437,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _cost_measure(args: argparse.Namespace) -> int:
-    from rewriter.cost.measure import calibrate, measure_specs, sample_specs, write_csv
+    from rewriter.cost.measure import calibrate, measure_specs, read_csv, sample_specs, write_csv
 
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
+    out = Path(args.output)
+    kept = []
+    if args.append and out.exists():
+        kept = read_csv(out)  # a bad file fails here, before any measuring
     specs = sample_specs(args.n, args.seed, args.parallelism, args.space)
     if args.backend == "zigzag":
         from rewriter.cost.zigzag import SUPPORTED_KINDS, measure_zigzag
@@ -446,14 +455,14 @@ def _cost_measure(args: argparse.Namespace) -> int:
         dispatch, floor = calibrate(args.threads)  # the floor measure_specs removes, too
         rows = measure_specs(specs, repeats=args.repeats, threads=args.threads,
                              floor_ms=floor * 1e3)
-    out = Path(args.output)
     tmp = out.with_name(f".{out.name}.tmp")
-    write_csv(tmp, rows)
+    write_csv(tmp, [*kept, *rows])
     tmp.replace(out)
+    added = f" (after the {len(kept)} already there)" if kept else ""
     if args.backend == "zigzag":
-        print(f"wrote {out}: {len(rows)} ops simulated on ZigZag {args.accelerator}")
+        print(f"wrote {out}: {len(rows)} ops simulated on ZigZag {args.accelerator}{added}")
         return 0
-    print(f"wrote {out}: {len(rows)} ops, median of {args.repeats} runs, "
+    print(f"wrote {out}: {len(rows)} ops{added}, median of {args.repeats} runs, "
           f"{args.threads or 'default'} thread(s)")
     print(f"for a measured profile of this machine: overhead_s = {dispatch:.2e} "
           f"(the profiler's {floor:.2e} s per node is already removed from the timings)")

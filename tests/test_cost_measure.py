@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def test_sample_specs_space():
     specs = sample_specs(300, seed=3)
     assert specs == sample_specs(300, seed=3)
     assert specs != sample_specs(300, seed=4)
-    assert set(Counter(s.kind for s in specs)) == set(KINDS)
+    # every kind but the layout conversion, which only the "layout" space draws
+    assert set(Counter(s.kind for s in specs)) == set(KINDS) - {"reorder"}
     channels = [s.cin for s in specs if s.kind in ("conv", "conv1x1")]
     assert any(c % 32 == 0 for c in channels) and any(c % 32 for c in channels)
     assert min(channels) >= 8 and max(channels) <= 512
@@ -203,3 +205,65 @@ def test_resize_taps_pick_the_mode_and_upsampling_reads_a_blocked_tensor(taps, m
     with pytest.raises(MeasurementError, match="taps"):
         one_op_model(OpSpec("resize", cin=8, cout=8, h_in=4, w_in=4, h_out=8, w_out=8, kh=3,
                             kw=3))
+
+
+def test_stem_sample_space_draws_first_convs():
+    specs = sample_specs(120, seed=7, parallelism=8, space="stem")
+    assert specs == sample_specs(120, seed=7, parallelism=8, space="stem")
+    assert {s.kind for s in specs} == {"conv"} and {s.cin for s in specs} == {1, 3, 4}
+    assert all(8 <= s.cout <= 64 and s.h_in >= 32 for s in specs)
+    assert any(s.h_in != s.w_in for s in specs) and any(s.stride == 1 for s in specs)
+    assert {s.kh for s in specs} == {3, 5, 7}
+    assert all(s.macs <= MAX_MACS for s in specs)
+    for spec in specs[:6]:
+        model = one_op_model(spec)
+        assert _out_shape(model) == [1, spec.cout, spec.h_out, spec.w_out], spec
+
+
+def test_layout_sample_space_draws_conversions_and_upsampling():
+    specs = sample_specs(200, seed=7, parallelism=8, space="layout")
+    assert {s.kind for s in specs} == {"reorder", "resize"}
+    reorders = [s for s in specs if s.kind == "reorder"]
+    assert {s.layout for s in reorders} == {"", "nchw"}
+    into = [s for s in reorders if s.layout == ""]
+    assert all(s.cin % 8 == 0 and s.cin >= 16 for s in into)  # what onnxruntime blocks
+    resizes = [s for s in specs if s.kind == "resize"]
+    assert {s.h_out // s.h_in for s in resizes} == {2, 4, 8}
+    assert {s.layout for s in resizes} == {"", "nchw"} and {s.kh for s in resizes} == {1, 2}
+
+
+def test_reorders_and_unblocked_resizes_are_timed_as_onnxruntime_runs_them():
+    """A conversion is timed on the Reorder node onnxruntime inserts around a helper conv;
+    a resize with layout "nchw" is built without the helper, so it runs unblocked."""
+    from rewriter.cost.measure import LAYOUT_HELPER, reorder_op, time_model
+
+    out = OpSpec("reorder", cin=24, cout=24, h_in=20, w_in=20, h_out=20, w_out=20,
+                 layout="nchw")
+    into = OpSpec("reorder", cin=32, cout=32, h_in=20, w_in=20, h_out=20, w_out=20)
+    assert (reorder_op(out), reorder_op(into), reorder_op(conv(8, 8, 4))) == (
+        "ReorderOutput", "ReorderInput", None)
+    for spec in (out, into):
+        model = one_op_model(spec)
+        assert [n.name for n in model.graph.node] == [f"{LAYOUT_HELPER}_conv"]
+        assert time_model(model, repeats=3, only=reorder_op(spec)) > 0
+    # 21 channels are not blocked on the way in: no conversion to time, one clear error
+    odd = OpSpec("reorder", cin=21, cout=21, h_in=8, w_in=8, h_out=8, w_out=8)
+    with pytest.raises(MeasurementError, match="no ReorderInput"):
+        measure_specs([odd], repeats=2, progress=False, floor_ms=0.0)
+    with pytest.raises(MeasurementError, match="keep their shape"):
+        one_op_model(OpSpec("reorder", cin=8, cout=16, h_in=4, w_in=4, h_out=4, w_out=4))
+    up = OpSpec("resize", cin=24, cout=24, h_in=7, w_in=7, h_out=28, w_out=28, kh=2, kw=2)
+    plain = one_op_model(replace(up, layout="nchw"))
+    assert [n.op_type for n in plain.graph.node] == ["Resize"]
+    assert [n.op_type for n in one_op_model(up).graph.node] == ["Conv", "Resize"]
+
+
+def test_csv_layout_column_round_trips_and_defaults(tmp_path: Path):
+    spec = OpSpec("reorder", cin=16, cout=16, h_in=4, w_in=4, h_out=4, w_out=4, layout="nchw")
+    path = tmp_path / "m.csv"
+    write_csv(path, [Measurement(spec, 0.01)])
+    assert "layout" in path.read_text().splitlines()[0].split(",")
+    assert read_csv(path)[0].spec == spec
+    path.write_text(path.read_text().replace(",nchw,", ",blocked,"))
+    with pytest.raises(MeasurementError, match="layout"):
+        read_csv(path)

@@ -12,6 +12,7 @@ from rewriter import zoo
 from rewriter.cli import main
 from rewriter.cost.estimate import Target, estimate
 from rewriter.cost.kernels import decompose, normalise_act
+from rewriter.cost.measure import read_csv
 from rewriter.cost.memory import check_model_budget, parse_bytes
 from rewriter.errors import BadInputError
 from rewriter.graph_io import model_from_proto
@@ -159,6 +160,16 @@ def test_cli_estimate_json(tmp_path, capsys):
 def test_cli_cost_fit_measure_validate(tmp_path, capsys):
     csv = tmp_path / "ops.csv"
     assert main(["cost", "measure", "-n", "24", "--repeats", "3", "-o", str(csv)]) == 0
+    more = tmp_path / "more.csv"
+    more.write_text(csv.read_text())
+    assert main(["cost", "measure", "--space", "layout", "-n", "4", "--repeats", "3",
+                 "-o", str(more), "--append"]) == 0
+    assert "after the 24 already there" in capsys.readouterr().out
+    rows = read_csv(more)
+    assert len(rows) == 28 and rows[:24] == read_csv(csv)
+    more.write_text("kind,n\nconv,x\n")
+    assert main(["cost", "measure", "-n", "2", "-o", str(more), "--append"]) == 2
+    assert "more.csv" in capsys.readouterr().err
     est = tmp_path / "est.json"
     assert main(["cost", "fit", str(csv), "-o", str(est), "--json"]) == 0
     out = capsys.readouterr().out
@@ -212,3 +223,88 @@ def test_blocked_layout_key_is_validated(tmp_path):
                             f'measurements = "{load_profile("cpu-ort").measurements}"'))
     with pytest.raises(ProfileError, match="blocked_layout: expected true or false"):
         load_profile(bad)
+
+
+def test_onnxruntime_says_which_resizes_it_leaves_unblocked():
+    """LR-ASPP's head multiplies by an attention scale (an NCHW Mul) before its first
+    upsampling, so onnxruntime runs that Resize in plain NCHW and the last one blocked;
+    cpu-ort prices each in the layout it runs in, and conversions in both directions."""
+    from dataclasses import replace
+
+    from rewriter.cost.layout import onnxruntime_layout
+
+    model = load(zoo.build("lraspp", width=0.35, resolution=96, fold_bn=True))
+    layout = onnxruntime_layout(model)
+    assert layout.unblocked == {"head.up"}
+    assert {spec.layout for _, spec in layout.reorders} == {"", "nchw"}
+    assert all(spec.kind == "reorder" for _, spec in layout.reorders)
+    target = Target.load("cpu-ort")
+    by_name = {o.name: o for o in target.estimate(model).ops}
+    kernels = {k.name: k for k in decompose(model)}
+    for name, layout_name in (("head.up", "nchw"), ("head.out_up", "")):
+        spec = replace(kernels[name].spec, layout=layout_name)
+        assert by_name[name].latency_ms == target.kernel(spec)[0]
+    up = kernels["head.up"].spec
+    assert target.kernel(replace(up, layout="nchw"))[0] > 1.5 * target.kernel(up)[0]
+
+
+def _spelled_out_hardswish_model():
+    """Conv -> x * Clip(x + 3, 0, 6) / 6 -> Conv, as PaddleOCR exports hard-swish."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
+             for name, shape in (("w1", (32, 16, 3, 3)), ("w2", (32, 32, 1, 1)))]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), name)
+              for name, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "three"], ["a"], name="hs.add"),
+        helper.make_node("Clip", ["a", "zero", "six"], ["k"], name="hs.clip"),
+        helper.make_node("Mul", ["c", "k"], ["m"], name="hs.mul"),
+        helper.make_node("Div", ["m", "six"], ["h"], name="hs.div"),
+        helper.make_node("Conv", ["h", "w2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 40, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 40, 40])], inits)
+    return load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_activations_onnxruntime_does_not_fuse_are_priced_as_their_own_passes():
+    from dataclasses import replace
+
+    model = _spelled_out_hardswish_model()
+    conv1 = next(k for k in decompose(model) if k.name == "conv1")
+    assert conv1.spec.act == "hardswish" and len(conv1.nodes) == 5
+    target = Target.load("cpu-ort")
+    ops = {o.name: o for o in target.estimate(model).ops}
+    separate = {n: ops[n].kind for n in ("hs.add", "hs.clip", "hs.mul", "hs.div")}
+    assert separate == dict.fromkeys(separate, "elementwise")
+    assert all(ops[n].latency_ms > 0 for n in separate)
+    assert ops["conv1"].latency_ms == target.kernel(replace(conv1.spec, act=""))[0]
+    # a target without a runtime layout keeps the activation in the conv
+    npu = [o.name for o in Target.load("npu-p32").estimate(model).ops]
+    assert "conv1" in npu and not set(separate) & set(npu)
+
+
+def test_weights_stream_in_at_the_measured_rate(tmp_path):
+    """A classifier Gemm whose weights fit in L2 alone runs at L2 speed in a one-op model
+    but at the streaming rate in a model; cpu-ort floors every kernel at the latter."""
+    from rewriter.cost.estimate import streaming_bandwidth
+    from rewriter.cost.opspec import OpSpec
+    from rewriter.cost.profile import ProfileError, load_profile
+
+    profile = load_profile("cpu-ort")
+    assert profile.stream_weights and profile.onchip_memory_bytes == 2 * 2**20
+    target = Target.load("cpu-ort")
+    rate = streaming_bandwidth(target._regressor.rows, profile.onchip_memory_bytes)
+    assert 1e9 < rate < 1e12
+    gemm = OpSpec("gemm", cin=360, cout=1000)  # 1.4 MB of weights
+    assert target.kernel(gemm)[0] >= gemm.weight_bytes / rate * 1e3
+    text = profile.source.read_text().replace("stream_weights = true", "")
+    text = text.replace('measurements = "cpu-ort.csv"', f'measurements = "{profile.measurements}"')
+    plain = tmp_path / "plain.toml"
+    plain.write_text(text)
+    assert Target.load(plain).kernel(gemm)[0] < target.kernel(gemm)[0]
+    small = [(s, ms) for s, ms in target._regressor.rows if s.weight_bytes < 2**20]
+    with pytest.raises(ProfileError, match="stream_weights needs measured gemms"):
+        streaming_bandwidth(small, profile.onchip_memory_bytes)

@@ -92,7 +92,8 @@ def _mutations(good: dict):
     yield "bool-int", with_(rows=[[row[0], True, *row[2:]]]), "column 'n'"
     yield "huge-int", with_(rows=[[row[0], 10**40, *row[2:]]]), "column 'n'"
     yield "neg-latency", with_(rows=[[*row[:-1], -1.0]]), "latency_ms"
-    yield "short-row", with_(rows=[row[:5]]), "list of 16"
+    yield "short-row", with_(rows=[row[:5]]), "list of 17"
+    yield "bad-layout", with_(rows=[[*row[:-2], "nhwc", row[-1]]]), "layout"
     yield "no-rows", with_(rows=[]), "non-empty"
     yield "hp-type", with_(hyperparameters={**good["hyperparameters"], "max_depth": "3"}), \
         "max_depth"
@@ -169,3 +170,17 @@ def test_map_tile_changes_the_ideal_cycles_feature():
     assert features(six, 8, 4, 4)["log_ideal_cycles"] == features(eight, 8, 4, 4)[
         "log_ideal_cycles"]
     assert features(six, 8, 4, 4)["spatial_fill"] == pytest.approx(36 / 64)
+
+
+def test_files_saved_before_the_layout_column_still_load(fitted, synthetic, tmp_path: Path):
+    path = tmp_path / "old.json"
+    fitted.save(path)
+    data = json.loads(path.read_text())
+    at = data["columns"].index("layout")
+    data["columns"].pop(at)
+    data["rows"] = [row[:at] + row[at + 1:] for row in data["rows"]]
+    path.write_text(json.dumps(data))
+    loaded = RegressionEstimator.load(path)
+    specs = [s for s, _ in synthetic[1]]
+    assert np.array_equal(loaded.predict_many_ms(specs), fitted.predict_many_ms(specs))
+    assert loaded.covers("conv") and not loaded.covers("reorder")
