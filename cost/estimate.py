@@ -9,9 +9,10 @@ shares most kernels with the last one costs a few dictionary look-ups.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pathlib import Path
 
 from rewriter.analysis.memory import memory_stats
 from rewriter.cost.analytic import estimate_op, peak_s
@@ -19,6 +20,9 @@ from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
+
+if TYPE_CHECKING:
+    from rewriter.cost.layout import RuntimeLayout
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ class Target:
 _MAC_OPS = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
 
-def _run_separately(kernel: Kernel, layout, nodes: dict, shapes: dict
+def _run_separately(kernel: Kernel, layout: RuntimeLayout, nodes: dict, shapes: dict
                     ) -> list[tuple[str, str, OpSpec]]:
     """The BN and activation nodes we fuse into `kernel` that the runtime runs as passes of
     their own (`layout.ran` names them), each as an elementwise op of its output's shape
@@ -184,7 +188,7 @@ def _run_separately(kernel: Kernel, layout, nodes: dict, shapes: dict
         if not shape:
             continue
         full = sum(1 for t in node.inputs if shapes.get(t.name) == shape)
-        n, c, h, w = (tuple(shape) + (1, 1, 1, 1))[:4] if len(shape) >= 2 else (1, shape[0], 1, 1)
+        n, c, h, w = (*shape, 1, 1)[:4] if len(shape) >= 2 else (1, shape[0], 1, 1)
         out.append((name, op_type, OpSpec("elementwise", n=n, cin=c, cout=c, h_in=h, w_in=w,
                                           h_out=h, w_out=w, n_inputs=max(1, full))))
     return out

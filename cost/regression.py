@@ -1,8 +1,8 @@
 """Latency regression from measurements: one model per op kind on log latency.
 
-For a kind with at least ``min_rows_per_kind`` training rows, and for a shared model over
-all rows (used by the other kinds, kind one-hot features telling them apart; fitted on
-first use)::
+For a kind (with a layout other than the usual one, a kind and layout: `group`) with at
+least ``min_rows_per_kind`` training rows, and for a shared model over all rows (used by
+the other kinds, kind one-hot features telling them apart; fitted on first use)::
 
     log(latency_ms) ~ linear(x_lin) + GBR(features)
 
@@ -43,7 +43,8 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
 from rewriter.cost.measure import Measurement, read_csv
-from rewriter.cost.opspec import FEATURE_NAMES, INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec, features
+from rewriter.cost.opspec import (FEATURE_NAMES, INT_FIELDS, ONE_HOT_KINDS, SPEC_FIELDS, OpSpec,
+                                  features)
 from rewriter.cost.profile import HardwareProfile, ProfileError
 
 FORMAT = "rewriter.cost.regression"
@@ -70,7 +71,7 @@ _OPTIONAL_HYPERPARAMETERS = frozenset({"parallelism_ox", "parallelism_oy"})
 RIDGE = 0.01  # ridge penalty per row on the standardised line features
 LOG_MS_RANGE = (math.log(1e-6), math.log(1e7))  # predictions are clipped to 1 ns .. 3 h
 _LINEAR = ("log_work", "log_bytes", "log_out_elements", "log_padded_macs", "log_ideal_cycles")
-_KIND_COLUMNS = tuple(f"kind_{k}" for k in KINDS)
+_KIND_COLUMNS = tuple(f"kind_{k}" for k in ONE_HOT_KINDS)
 
 Row = tuple[OpSpec, float]
 
@@ -109,6 +110,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return 0.0
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def group(spec: OpSpec) -> str:
+    """The rows a spec's model is fitted on: its kind's, or "kind/layout" for a layout other
+    than the usual one (an unblocked resize runs different code, 2-4x slower)."""
+    return f"{spec.kind}/{spec.layout}" if spec.layout else spec.kind
 
 
 def _pairs(rows: Iterable[Measurement | Row]) -> list[Row]:
@@ -175,11 +182,11 @@ class RegressionEstimator:
             raise EstimatorError("no training rows")
         self.rows, self._models, self._shared, self._cache = pairs, {}, None, {}
         self._kinds = frozenset(spec.kind for spec, _ in pairs)
-        x, y, kinds = self._training_data()
-        for kind in KINDS:
-            mask = kinds == kind
+        x, y, groups = self._training_data()
+        for name in sorted(set(groups.tolist())):
+            mask = groups == name
             if mask.sum() >= self.hyperparameters["min_rows_per_kind"]:
-                self._models[kind] = _Model(_linear_columns(False),
+                self._models[name] = _Model(_linear_columns(False),
                                             self.hyperparameters).fit(x[mask], y[mask])
         self._fitted = True
         return self
@@ -187,12 +194,12 @@ class RegressionEstimator:
     def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = self._matrix(s for s, _ in self.rows)
         y = np.log(np.array([ms for _, ms in self.rows], dtype=float))
-        return x, y, np.array([s.kind for s, _ in self.rows])
+        return x, y, np.array([group(s) for s, _ in self.rows])
 
-    def _model(self, kind: str) -> _Model:
-        """The kind's own model, or the shared one (fitted on first use)."""
-        if kind in self._models:
-            return self._models[kind]
+    def _model(self, name: str) -> _Model:
+        """The group's own model, or the shared one (fitted on first use)."""
+        if name in self._models:
+            return self._models[name]
         if self._shared is None:
             x, y, _ = self._training_data()
             self._shared = _Model(_linear_columns(True), self.hyperparameters).fit(x, y)
@@ -203,10 +210,10 @@ class RegressionEstimator:
             raise EstimatorError("the estimator is not fitted")
         x = self._matrix(specs)
         out = np.empty(len(specs))
-        kinds = np.array([s.kind for s in specs])
-        for kind in set(kinds.tolist()):
-            mask = kinds == kind
-            out[mask] = self._model(kind).predict(x[mask])
+        groups = np.array([group(s) for s in specs])
+        for name in set(groups.tolist()):
+            mask = groups == name
+            out[mask] = self._model(name).predict(x[mask])
         return np.exp(out)
 
     def covers(self, kind: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,16 @@ def test_files_saved_before_the_layout_column_still_load(fitted, synthetic, tmp_
     specs = [s for s, _ in synthetic[1]]
     assert np.array_equal(loaded.predict_many_ms(specs), fitted.predict_many_ms(specs))
     assert loaded.covers("conv") and not loaded.covers("reorder")
+
+
+def test_each_kind_and_layout_gets_its_own_model():
+    """An unblocked resize runs other code than a blocked one, and a conversion out of the
+    blocked layout other code than one into it: the bundled measurements fit each apart."""
+    from rewriter.cost.estimate import Target
+    from rewriter.cost.regression import group
+
+    resize = OpSpec("resize", cin=64, cout=64, h_in=14, w_in=14, h_out=28, w_out=28, kh=2, kw=2)
+    assert group(resize) == "resize" and group(replace(resize, layout="nchw")) == "resize/nchw"
+    regressor = Target.load("cpu-ort")._regressor
+    assert {"resize", "resize/nchw", "reorder", "reorder/nchw"} <= set(regressor._models)
+    assert regressor.covers("reorder")
