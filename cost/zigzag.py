@@ -21,8 +21,9 @@ Units: `simulate_cycles` returns cycles (ZigZag's ``latency_total2``); `measure_
 returns milliseconds at ``clock_hz`` (1 ms = clock_hz / 1e3 cycles).
 
 Cache: cycles are stored per accelerator in ``cache_dir/zigzag-VERSION-ACCELERATOR.json``
-(default ``~/.cache/rewriter/zigzag/``), a JSON object keyed by ``repr(spec.signature())``,
-rewritten atomically after each new result, so no spec is ever simulated twice. One
+(default ``~/.cache/rewriter/zigzag/``), a JSON object keyed by `cache_key` (the spec's
+signature without its layout, which a MAC layer on ZigZag does not have: the keys caches
+had before OpSpec gained one), rewritten atomically after each new result, so no spec is ever simulated twice. One
 conv layer takes about 1-6 s to simulate; uncached specs run in a process pool.
 """
 
@@ -186,6 +187,12 @@ def _run(jobs: Sequence[tuple[OpSpec, str]], workers: int,
             on_result(futures[future], future.result())
 
 
+def cache_key(spec: OpSpec) -> str:
+    """A spec's key in the cycle cache: its signature without the layout field."""
+    *fields, layout = spec.signature()
+    return repr(tuple(fields)) if not layout else repr(spec.signature())
+
+
 def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float = 1e9,
                    cache_dir: Path | None = None, workers: int | None = None,
                    progress: bool = True) -> list[Measurement]:
@@ -202,20 +209,19 @@ def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float
                           f"(only {', '.join(sorted(SUPPORTED_KINDS))})")
     path = _cache_path(cache_dir or DEFAULT_CACHE_DIR, accelerator)
     cycles = _read_cache(path)
-    todo = list({repr(s.signature()): s for s in specs
-                 if repr(s.signature()) not in cycles}.values())
+    todo = list({cache_key(s): s for s in specs if cache_key(s) not in cycles}.values())
     if todo:
         bar = tqdm(total=len(todo), desc=f"zigzag {accelerator}", unit="op",
                    disable=not progress)
 
         def on_result(spec: OpSpec, value: float) -> None:
-            cycles[repr(spec.signature())] = value
-            _write_cache(path, {repr(spec.signature()): value})
+            cycles[cache_key(spec)] = value
+            _write_cache(path, {cache_key(spec): value})
             bar.update()
 
         with bar:
             _run([(s, accelerator) for s in todo], workers or os.cpu_count() or 1, on_result)
     device = f"zigzag-{zigzag_version()} {accelerator}"
-    return [Measurement(s, cycles[repr(s.signature())] / (clock_hz / 1e3), device=device,
+    return [Measurement(s, cycles[cache_key(s)] / (clock_hz / 1e3), device=device,
                         threads=0, repeats=1)
             for s in specs]
