@@ -80,7 +80,7 @@ def _zoo_run(name, target, exact, passes=None, floor=0.0):
     """`_run` on a zoo model at width 1.0, 224x224, once per case (the ZigZag table reuses
     the latency table's edge-tpu-zz results)."""
     model = model_from_proto(zoo.build(name, width=1.0, resolution=224))
-    return model, _run(model, target, exact, passes and list(passes), floor)
+    return model, _run(model, target, exact, passes, floor)
 
 
 def latency_table(quick: bool) -> None:

@@ -54,7 +54,9 @@ def main() -> int:
         start = time.perf_counter()
         target = Target.load(name)
         pairs = [pair for case in pair_cases for pair in rewrite_pairs(case, target)]
-        models = [c.model for c in cases] + [m for p in pairs for m in (p.before, p.after)]
+        # a case's pairs share their `before`: each model once (cases first, in order)
+        models = list({id(m): m for m in [c.model for c in cases]
+                       + [m for p in pairs for m in (p.before, p.after)]}.values())
         # every layer of every model in one batch, so the process pool stays full
         per_model = simulate_kernels_ms(models, target_accelerator(target),
                                         clock_hz=target.profile.clock_hz, workers=args.workers,

@@ -86,10 +86,12 @@ class Target:
         self._cache: dict[tuple, tuple[float, float | None]] = {}
         self._regressor = None
         self._weights_bytes_per_ms: float | None = None
+        self._reorders_measured = False
         if profile.kind == "measured":
             from rewriter.cost.latency import regression_for
 
             self._regressor = regression_for(profile)
+            self._reorders_measured = self._regressor.covers("reorder")
             if profile.stream_weights:
                 self._weights_bytes_per_ms = streaming_bandwidth(
                     self._regressor.rows, profile.onchip_memory_bytes, profile.source) / 1e3
@@ -129,7 +131,7 @@ class Target:
     def _reorder_spec(self, spec: OpSpec) -> OpSpec:
         """A layout conversion as measured, or as a copy of the tensor (an elementwise op of
         its size) for measurements that hold no conversions."""
-        if self._regressor is None or self._regressor.covers("reorder"):
+        if self._regressor is None or self._reorders_measured:
             return spec
         return replace(spec, kind="elementwise", layout="")
 

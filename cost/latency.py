@@ -15,18 +15,24 @@ from pathlib import Path
 
 from rewriter.cost.analytic import estimate_op
 from rewriter.cost.opspec import OpSpec
-from rewriter.cost.profile import HardwareProfile
+from rewriter.cost.profile import HardwareProfile, ProfileError
 
 
 @lru_cache(maxsize=8)
 def _fitted(measurements: Path, mtime_ns: int, array: tuple[tuple[str, int], ...]):
     """A CSV of measurements is fitted (`array`: the profile's array hyper-parameters); a
-    JSON saved by `rewriter cost fit` is loaded."""
+    JSON saved by `rewriter cost fit` is loaded, and must have been fitted for that array."""
     from rewriter.cost.measure import read_csv
     from rewriter.cost.regression import RegressionEstimator
 
     if measurements.suffix == ".json":
-        return RegressionEstimator.load(measurements)
+        loaded = RegressionEstimator.load(measurements)
+        saved = {name: loaded.hyperparameters[name] for name, _ in array}
+        if saved != dict(array):
+            raise ProfileError(f"{measurements}: fitted for {saved}, but the profile's array "
+                               f"is {dict(array)} (refit with `rewriter cost fit "
+                               f"--parallelism P --map-tile OXxOY`)")
+        return loaded
     return RegressionEstimator(**dict(array)).fit(read_csv(measurements))
 
 

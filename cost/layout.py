@@ -63,8 +63,3 @@ def onnxruntime_layout(model: Model, threads: int = 1) -> RuntimeLayout:
                                         h_out=h, w_out=w, layout=REORDERS[node.op_type])))
     return RuntimeLayout(reorders, frozenset(unblocked),
                          {node.name: node.op_type for node in optimized.graph.node})
-
-
-def onnxruntime_reorders(model: Model, threads: int = 1) -> list[tuple[str, OpSpec]]:
-    """(tensor, reorder spec) for every layout conversion onnxruntime inserts."""
-    return onnxruntime_layout(model, threads).reorders

@@ -88,6 +88,8 @@ class Measurement:
 # ----------------------------------------------------------------------------- models
 
 LAYOUT_HELPER = "layout_helper"  # name prefix of nodes a one-op model adds only for layout
+# Channels on the far side of a helper conv: past onnxruntime's blocking threshold.
+_HELPER_CHANNELS = 16
 _RESIZE_MODES = {taps: mode for mode, taps in RESIZE_TAPS.items()}  # a resize's kh -> mode
 
 
@@ -194,7 +196,7 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
             # linear one blocked (NCHWc Upsample), 2-5x faster than the NCHW Resize a lone
             # Resize gets. A 1x1 conv in front (16 channels in, past the blocking threshold)
             # puts it in that layout; time_model leaves the helper out.
-            helper_in = 16
+            helper_in = _HELPER_CHANNELS
             shape = [spec.n, helper_in, spec.h_in, spec.w_in]
             inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
             w = b.weight("W", (spec.cin, helper_in, 1, 1), helper_in)
@@ -209,7 +211,7 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         # the graph input (layout ""); time_model times that one Reorder node.
         if spec.cin != spec.cout or (spec.h_in, spec.w_in) != (spec.h_out, spec.w_out):
             raise MeasurementError("reorder specs keep their shape: cin = cout, same map")
-        outside = 16
+        outside = _HELPER_CHANNELS
         if spec.layout == "nchw":
             shape = [spec.n, outside, spec.h_in, spec.w_in]
             inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
@@ -236,7 +238,7 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         y = b.node("Concat", [v.name for v in inputs], "op", axis=1)
     if act:
         y = _activation(b, act, y)
-    out_channels = 16 if k == "reorder" and spec.layout != "nchw" else spec.cout
+    out_channels = _HELPER_CHANNELS if k == "reorder" and spec.layout != "nchw" else spec.cout
     out_shape = [spec.n, out_channels] + ([] if k == "gemm" else [spec.h_out, spec.w_out])
     out = helper.make_tensor_value_info(y, TensorProto.FLOAT, out_shape)
     graph = helper.make_graph(b.nodes, f"one_{k}", inputs, [out], b.inits)
@@ -355,6 +357,11 @@ _WIDE_KIND_WEIGHTS = {"conv": 0.3, "conv1x1": 0.4, "dwconv": 0.2, "groupconv": 0
 _OBLONG_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 80, 96, 160, 320)
 
 
+def _widened(square: OpSpec, width: int) -> OpSpec:
+    """A square conv spec on a map `width` wide ('same' padding, its stride)."""
+    return replace(square, w_in=width, w_out=ceil_div(width, square.stride))
+
+
 def _sample_oblong(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     """A MAC layer of a shape the square spaces never draw: a gemm over 2-512 rows (a
     MatMul over a sequence, as in a text recogniser's head) or a conv on a non-square map
@@ -367,8 +374,7 @@ def _sample_oblong(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     height, width = (int(side) for side in rng.choice(_OBLONG_SIDES, size=2, replace=False))
     stride = 1 if min(height, width) < 4 else int(rng.choice([1, 2], p=[0.75, 0.25]))
     kernel = 1 if kind == "conv1x1" else int(rng.choice([3, 5], p=[0.8, 0.2]))
-    square = _sampled_conv(rng, kind, cin, cout, height, kernel, stride, act)
-    return replace(square, w_in=width, w_out=ceil_div(width, stride))
+    return _widened(_sampled_conv(rng, kind, cin, cout, height, kernel, stride, act), width)
 
 
 _OBLONG_KIND_WEIGHTS = {"conv": 0.25, "conv1x1": 0.25, "dwconv": 0.15, "gemm": 0.35}
@@ -387,8 +393,7 @@ def _sample_stem(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     width = height if rng.random() < 0.6 else int(rng.choice(_STEM_SIDES))
     stride = int(rng.choice([1, 2, 2, 2]))
     kernel = int(rng.choice([3, 3, 3, 5, 7]))
-    square = OpSpec.conv2d(cin, cout, height, kernel, stride, 1, act)
-    return replace(square, w_in=width, w_out=ceil_div(width, stride))
+    return _widened(OpSpec.conv2d(cin, cout, height, kernel, stride, 1, act), width)
 
 
 _STEM_KIND_WEIGHTS = {"conv": 1.0}
@@ -559,8 +564,14 @@ def calibrate(threads: int = 1, repeats: int = 300) -> tuple[float, float]:
 def wall_time(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, *,
               repeats: int = 20, warmup: int = 3, threads: int = 1) -> float:
     """Median wall time of one run of a whole model, in ms (what a user sees)."""
-    session = _session(model, threads, profile=False)
     feeds = feeds if feeds is not None else _inputs(model, np.random.default_rng(0))
+    return session_wall_time(_session(model, threads, profile=False), feeds,
+                             repeats=repeats, warmup=warmup)
+
+
+def session_wall_time(session, feeds: dict[str, np.ndarray], *, repeats: int = 20,
+                      warmup: int = 3) -> float:
+    """`wall_time` of a model whose onnxruntime session is already open."""
     for _ in range(warmup):
         session.run(None, feeds)
     times = []

@@ -261,8 +261,10 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     activations = _table(path, "activations.", acts, act_schema)
     if kind == "analytic" and "default" not in activations:
         raise ProfileError(f"{path}: activations.default: missing key")
-    lanes = top["parallelism_in"] * top["parallelism_out"]
-    if kind == "analytic" and top["macs_per_cycle"] != lanes:
+    # the array's MACs per cycle (output pixels unrolled too, on a measured profile)
+    array = (top["parallelism_in"] * top["parallelism_out"]
+             * top.get("parallelism_ox", 1) * top.get("parallelism_oy", 1))
+    if kind == "analytic" and top["macs_per_cycle"] != array:
         raise ProfileError(f"{path}: macs_per_cycle: must equal parallelism_in * "
                            f"parallelism_out for an analytic profile, got {top['macs_per_cycle']}")
     measurements = None
@@ -271,8 +273,6 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             raise ProfileError(f"{path}: estimator: expected one of {', '.join(ESTIMATORS)}, "
                                f"got {top['estimator']!r}")
         measurements = _measurements_path(path, top.pop("measurements"))
-        array = (top["parallelism_in"] * top["parallelism_out"]
-                 * top.get("parallelism_ox", 1) * top.get("parallelism_oy", 1))
         if top.get("floor_at_peak") and top["macs_per_cycle"] != array:
             raise ProfileError(f"{path}: macs_per_cycle: floor_at_peak needs it to equal "
                                f"parallelism_in * parallelism_out * parallelism_ox * "

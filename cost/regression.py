@@ -168,7 +168,6 @@ class RegressionEstimator:
         self._shared: _Model | None = None
         self._fitted = False
         self._cache: dict[tuple, float] = {}
-        self._kinds: frozenset[str] = frozenset()
 
     def _matrix(self, specs: Iterable[OpSpec]) -> np.ndarray:
         hp = self.hyperparameters
@@ -181,7 +180,6 @@ class RegressionEstimator:
         if not pairs:
             raise EstimatorError("no training rows")
         self.rows, self._models, self._shared, self._cache = pairs, {}, None, {}
-        self._kinds = frozenset(spec.kind for spec, _ in pairs)
         x, y, groups = self._training_data()
         for name in sorted(set(groups.tolist())):
             mask = groups == name
@@ -218,7 +216,7 @@ class RegressionEstimator:
 
     def covers(self, kind: str) -> bool:
         """Whether any training row is of `kind`."""
-        return kind in self._kinds
+        return any(spec.kind == kind for spec, _ in self.rows)
 
     def predict_ms(self, spec: OpSpec) -> float:
         key = spec.signature()

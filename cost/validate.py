@@ -125,18 +125,19 @@ def validate(
     """Each model is timed in `rounds` interleaved rounds (all models, then all again) and
     the lowest round median is kept, so a burst of load on a shared machine spoils one
     round of one model rather than its only measurement."""
-    from rewriter.cost.measure import wall_time
+    from rewriter.cost.measure import session_wall_time
+    from rewriter.runtime import session
 
     cases = list(cases)
-    protos = [c.model.to_onnx(infer_shapes=False) for c in cases]  # onnxruntime infers them
+    # one session per model for all rounds; onnxruntime infers the shapes it needs
+    sessions = [session(c.model.to_onnx(infer_shapes=False), threads) for c in cases]
     feeds = [c.feeds or make_inputs(c.model, batch=1) for c in cases]
     best = [float("inf")] * len(cases)
     steps = tqdm(total=rounds * len(cases), desc=f"validating {target.name}", unit="run",
                  disable=not progress)
     for _ in range(rounds):
-        for i, proto in enumerate(protos):
-            best[i] = min(best[i], wall_time(proto, feeds[i], repeats=repeats,
-                                            threads=threads))
+        for i, timed in enumerate(sessions):
+            best[i] = min(best[i], session_wall_time(timed, feeds[i], repeats=repeats))
             steps.update(1)
     steps.close()
     rows = [Row(c.name, best[i], target.estimate(c.model).latency_ms)

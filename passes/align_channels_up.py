@@ -18,9 +18,8 @@ from abc import abstractmethod
 from typing import ClassVar
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from rewriter.analysis.channels import FOLLOWER_INPUTS, Member, channel_groups, channel_params
+from rewriter.analysis.channels import channel_groups, channel_params, output_rank
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value
@@ -79,31 +78,26 @@ class AlignChannelsUp(AlignChannels):
         return -(-channels // self.multiple) * self.multiple
 
     def apply(self, model: Model, site: Site) -> Model:
-        new = model.copy()
-        groups = {g.id: g for g in channel_groups(new)}
+        # Analysed on `model`, whose shapes `sites` has usually inferred already; edited on
+        # a copy, found by name.
+        groups = {g.id: g for g in channel_groups(model)}
         group = groups.get(site.id)
-        if group is None or group.is_frozen:
-            raise BadInputError(f"channel group {site.id} is gone or frozen")
+        if group is None or not prunable(group):
+            raise BadInputError(f"channel group {site.id} is gone, frozen or has no producer")
         pad = self.target(group.channels) - group.channels
+        new = model.copy()
+        nodes = {node.name: node for node in new.graph.nodes}
         namer = Namer(new.graph)
         # Edit each node once, inserting at the highest offset first so offsets stay valid.
+        # New channels go after the group's slice (a producer's slice is all its channels).
         for member in sorted(group.members, key=lambda m: -m.offset):
-            node = new.node(member.node)
-            rank = len(new.shapes.get(node.outputs[0].name, (0, 0, 0, 0)))
-            for index, axis, fill in channel_params(node, member.role, member.input_index, rank):
+            node = nodes[member.node]
+            for index, axis, fill in channel_params(node, member.role, member.input_index,
+                                                    output_rank(model, node)):
                 values = const_value(node.inputs[index])
-                # A producer's new channels go last; the others' after the group's slice.
-                at = (values.shape[axis] if member.role == "producer"
-                      else member.offset + group.channels)
-                node.inputs[index] = constant(namer, f"{node.name}.{_tag(node, member, index)}"
-                                              "_aligned", _insert(values, axis, at, pad, fill))
+                node.inputs[index] = constant(
+                    namer, f"{node.name}.in{index}_aligned",
+                    _insert(values, axis, member.offset + group.channels, pad, fill))
             if member.role == "follower" and node.op == "Conv":  # depthwise
                 node.attrs["group"] = int(node.attrs.get("group", 1)) + pad
         return finish(new)
-
-
-def _tag(node: gs.Node, member: Member, index: int) -> str:
-    """How a padded constant's name says what it is."""
-    if member.role != "follower" or node.op == "Conv":
-        return "weight" if index == 1 else "bias"
-    return f"param{index}" if node.op in FOLLOWER_INPUTS else f"const{index}"

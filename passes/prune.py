@@ -25,7 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.analysis.channels import (ChannelAnalysis, ChannelGroup, analyse_channels,
-                                        channel_params, weight_axis)
+                                        channel_params, output_rank, weight_axis)
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value
@@ -78,10 +78,9 @@ def prune_groups(model: Model, counts: Mapping[str, int]) -> Model:
     new = model.copy()
     nodes = {node.name: node for node in new.graph.nodes}
     namer = Namer(new.graph)
-    rank = {name: len(shape) for name, shape in model.shapes.items()}
     for (name, role, index), mask in masks.items():
         node = nodes[name]
-        for i, axis, _ in channel_params(node, role, index, rank.get(node.outputs[0].name, 4)):
+        for i, axis, _ in channel_params(node, role, index, output_rank(model, node)):
             _cut(node, i, axis, mask, namer)
         if role == "follower" and node.op == "Conv":  # depthwise: one group per channel
             node.attrs["group"] = int(mask.sum())

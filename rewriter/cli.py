@@ -351,8 +351,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from rewriter.cost.memory import parse_bytes
     from rewriter.graph_io import save_model
     from rewriter.search import Budget, optimize
-    from rewriter.search.driver import DEFAULT_MIN_FIDELITY
-    from rewriter.search.space import DEFAULT_MULTIPLIERS
     from rewriter.verify import load_inputs
 
     out = Path(args.output)
@@ -364,16 +362,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     target = _target(args.target)
     model = _load(args)
     inputs = load_inputs(args.inputs, model) if args.inputs else None
+    given = {}  # the rest keep optimize's defaults
+    if args.min_fidelity is not None:
+        given["min_fidelity"] = args.min_fidelity
+    if args.multipliers is not None:
+        given["multipliers"] = _multipliers(args.multipliers)
     result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
                       max_activation_bytes=max_acts, budget=budget, seed=args.seed,
                       exact=not args.allow_architecture_changes, inputs=inputs,
                       progress=not args.json and sys.stderr.isatty(),
-                      min_fidelity=(DEFAULT_MIN_FIDELITY if args.min_fidelity is None
-                                    else args.min_fidelity),
                       calibration=args.calibration,
-                      multipliers=(DEFAULT_MULTIPLIERS if args.multipliers is None
-                                   else _multipliers(args.multipliers)),
-                      passes=args.passes.split(",") if args.passes else None)
+                      passes=args.passes.split(",") if args.passes else None, **given)
     emulated = None
     if args.validate_with == "zigzag":
         from rewriter.cost.zigzag import ZigZagError

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -231,8 +232,9 @@ class _FidelityGuard:
 
     Fidelity is measured, never simulated: each measurement builds the architecture
     changes, refits their weights on the fitting inputs and compares every output with the
-    original's on the held-out inputs (cached per set of changes that take effect; the last
-    refitted model that passes is kept for the driver to write). If the search's choice
+    original's on the held-out inputs (cached per set of changes that take effect; the
+    refitted models that can be the choice are kept for the driver to write: the last one
+    built that passes, and the best-ranked single change's). If the search's choice
     misses the floor: measure each change alone (its sensitivity), rank the changes that
     pass alone by latency gain / (1 - cosine), and keep the longest prefix of that ranking
     that passes (binary search, assuming fidelity falls as changes are added; the prefix
@@ -243,9 +245,14 @@ class _FidelityGuard:
                  floor: float) -> None:
         self.space, self.evaluator = space, evaluator
         self.fit, self.held, self.floor = fit, held, floor
-        self.reference = collect(space.canonical, held)  # the original's outputs, run once
         self.cache: dict[frozenset[int], Fidelity] = {}  # effective changes -> fidelity
-        self._kept: tuple[frozenset[int], Model] | None = None
+        self._last: tuple[frozenset[int], Model] | None = None  # the last passing build
+        self._best_single: tuple[frozenset[int], Model] | None = None
+
+    @cached_property
+    def reference(self) -> list[dict[str, np.ndarray]]:
+        """The original's outputs on the held-out inputs, run once, when first needed."""
+        return collect(self.space.canonical, self.held)
 
     def _with(self, base: Genome, genes: Sequence[int]) -> Genome:
         genome = list(base)
@@ -253,23 +260,27 @@ class _FidelityGuard:
             genome[index] = 1
         return tuple(genome)
 
+    def _key(self, genome: Genome) -> frozenset[int]:
+        return frozenset(self.space.architecture_genes(genome))  # what the built model has
+
     def model(self, genome: Genome) -> Model:
-        """The genome's architecture changes, built and refitted (once: the model of the
-        last set of changes that passed the floor is kept)."""
-        key = frozenset(self.space.architecture_genes(genome))
-        if self._kept is not None and self._kept[0] == key:
-            return self._kept[1]
+        """The genome's architecture changes, built and refitted (once, if it is a model
+        the guard kept)."""
+        key = self._key(genome)
+        for kept in (self._last, self._best_single):
+            if kept is not None and kept[0] == key:
+                return kept[1]
         return self.space.build_architecture(genome, self.fit)
 
     def measure(self, base: Genome, genes: Sequence[int]) -> Fidelity:
         genome = self._with(base, genes)
-        key = frozenset(self.space.architecture_genes(genome))  # what the built model has
+        key = self._key(genome)
         if key not in self.cache:
             model = self.space.build_architecture(genome, self.fit)
             self.cache[key] = measure_fidelity(self.space.canonical, model, self.held,
                                                self.reference)
             if self.cache[key].min_cosine >= self.floor:
-                self._kept = (key, model)
+                self._last = (key, model)
         return self.cache[key]
 
     def passes(self, base: Genome, genes: Sequence[int]) -> bool:
@@ -291,6 +302,12 @@ class _FidelityGuard:
             if gain > 0 and self.passes(base, [index]):
                 loss = 1.0 - self.measure(base, [index]).min_cosine
                 ranked.append((-gain / max(loss, 1e-9), index))
+                # The binary search below may end at the best single change, measured
+                # here: keep its model (the last one built, when it was just measured).
+                key = self._key(self._with(base, [index]))
+                if (min(ranked) == ranked[-1] and self._last is not None
+                        and self._last[0] == key):
+                    self._best_single = self._last
         order = [index for _, index in sorted(ranked)]
         lo, hi = 0, len(order)
         while lo < hi:
@@ -390,9 +407,10 @@ def optimize(
                                 f"{report.summary()}; nothing written")
     fidelity = None
     if changed:
-        fidelity = measure_fidelity(original, built, held)
+        # against the canonical original, whose outputs the guard has (BN folded: the same)
+        fidelity = measure_fidelity(space.canonical, built, held, guard.reference)
         built.metadata["rewriter.architecture_changed"] = (
-            ",".join(f"{d.pass_name}@{d.site}" for d in changed) + "; fine-tune before use")
+            ",".join(architecture.changes.passes) + "; fine-tune before use")
         notes.append("architecture changed: the exact rewrites were verified against the "
                      "refitted model; fidelity to the original is measured on held-out "
                      "calibration inputs; fine-tune before use")

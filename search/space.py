@@ -237,14 +237,11 @@ class SearchSpace:
         names = {*self.inputs, *(name for io in self._node_io for part in io for name in part)}
         self._sizes0 = {name: prod(shapes[name]) * 4 if name in shapes else 0 for name in names}
         self._group_tensors: dict[str, set[str]] = {}
-        self._unsized: set[str] = set()  # tensors of zero channels in their layout
         for tensor, segments in self.layout.items():
             if tensor not in self._sizes0:
                 continue
             for group, _ in segments:
                 self._group_tensors.setdefault(group, set()).add(tensor)
-            if segments and not sum(width for _, width in segments):
-                self._unsized.add(tensor)
 
     def _channels(self, tensor: str, groups: Mapping[str, int], default: int) -> int:
         segments = self.layout.get(tensor)
@@ -333,7 +330,7 @@ class SearchSpace:
         sizes = self._sizes0
         if groups:
             sizes = dict(sizes)
-            scaled = set(self._unsized)
+            scaled: set[str] = set()
             for group in groups:
                 scaled.update(self._group_tensors.get(group, ()))
             for tensor in scaled:

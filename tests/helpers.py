@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 
 from rewriter.graph_io import Model, model_from_proto
@@ -24,3 +26,15 @@ def apply_and_verify(model: Model, pass_name: str, multiple: int = 16,
 
 def ops(model: Model) -> list[str]:
     return [n.op for n in model.graph.nodes]
+
+
+def edited_profile(tmp_path: Path, base: str, old: str, new: str) -> Path:
+    """A copy of built-in profile `base` with the first `old` replaced by `new` (its
+    measurements file name still resolves: the loader falls back to cost/data/)."""
+    from rewriter.cost.profile import PROFILE_DIR
+
+    text = (PROFILE_DIR / f"{base}.toml").read_text()
+    assert old in text
+    path = tmp_path / "edited.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path

@@ -109,3 +109,27 @@ def test_analyse_json_shape():
     assert {"Resize", "Concat", "Mul"} <= set(data["op_counts"])
     ibn = next(b for b in data["blocks"] if b["kind"] == "inverted_bottleneck")
     assert {"kind", "expansion", "kernel", "stride", "residual", "nodes"} <= set(ibn)
+
+
+@pytest.mark.parametrize("divisor_is_the_group, frozen", [(True, True), (False, False)])
+def test_a_group_that_divides_is_frozen(divisor_is_the_group, frozen):
+    """Padding puts 0 on an added channel; 1 / 0 is inf, and a consumer's zero weight times
+    inf is NaN, so no channel rewrite may touch a group something is divided by."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((33, 8, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 33, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    div = ["two", "y"] if divisor_is_the_group else ["y", "two"]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y"], name="c1"),
+             helper.make_node("Div", div, ["d"], name="div"),
+             helper.make_node("Conv", ["d", "w2"], ["out"], name="c2")]
+    graph = helper.make_graph(
+        nodes, "div", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
+    model = load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    group = next(g for g in channel_groups(model) if g.channels == 33)
+    assert group.is_frozen == frozen
+    if frozen:
+        assert any("divides by the group" in reason for reason in group.frozen)

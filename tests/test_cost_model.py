@@ -18,7 +18,7 @@ from rewriter.errors import BadInputError
 from rewriter.graph_io import model_from_proto
 from rewriter.passes import get_pass
 from rewriter.rewrite import apply_pass
-from tests.helpers import load
+from tests.helpers import edited_profile, load
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +179,16 @@ def test_cli_cost_fit_measure_validate(tmp_path, capsys):
     assert json.loads(est.read_text())["hyperparameters"]["parallelism_ox"] == 4
     assert main(["cost", "fit", str(csv), "-o", str(est), "--map-tile", "4"]) == 2
     assert "--map-tile" in capsys.readouterr().err
+    # an estimator fitted for another array is refused by a profile, one clear line
+    mismatched = tmp_path / "tiled.toml"
+    mismatched.write_text(Target.load("cpu-ort").profile.source.read_text()
+                          .replace('measurements = "cpu-ort.csv"', f'measurements = "{est}"'))
+    from rewriter.cost.profile import ProfileError
+
+    with pytest.raises(ProfileError, match=r"fitted for .*'parallelism_ox': 4"):
+        Target.load(mismatched)
+    assert main(["cost", "fit", str(csv), "-o", str(est)]) == 0  # fitted for cpu-ort's array
+    capsys.readouterr()
     # A profile of the user's own device: measurements from the fitted JSON.
     profile = tmp_path / "mycpu.toml"
     text = (Target.load("cpu-ort").profile.source.read_text()
@@ -199,11 +209,11 @@ def test_cli_cost_fit_measure_validate(tmp_path, capsys):
 def test_layout_reorders_come_from_onnxruntime():
     """cpu-ort prices the NCHWc conversions onnxruntime inserts: an SE block's Mul runs in
     NCHW, so MobileNetV3 pays conversions that MobileNetV2 (Adds fused into convs) doesn't."""
-    from rewriter.cost.layout import onnxruntime_reorders
+    from rewriter.cost.layout import onnxruntime_layout
 
     v2 = load(zoo.build("mobilenetv2", width=0.5, resolution=96, fold_bn=True))
     v3 = load(zoo.build("mobilenetv3", width=0.5, resolution=96))
-    r2, r3 = onnxruntime_reorders(v2), onnxruntime_reorders(v3)
+    r2, r3 = onnxruntime_layout(v2).reorders, onnxruntime_layout(v3).reorders
     assert len(r3) > 4 * max(len(r2), 1)
     assert all(v3.shapes[t][1] == spec.cin for t, spec in r3)
     estimate = Target.load("cpu-ort").estimate(v3)
@@ -215,12 +225,8 @@ def test_layout_reorders_come_from_onnxruntime():
 def test_blocked_layout_key_is_validated(tmp_path):
     from rewriter.cost.profile import ProfileError, load_profile
 
-    text = Target.load("cpu-ort").profile.source.read_text()
     assert load_profile("cpu-ort").blocked_layout is True
-    bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace("blocked_layout = true", 'blocked_layout = "yes"')
-                   .replace('measurements = "cpu-ort.csv"',
-                            f'measurements = "{load_profile("cpu-ort").measurements}"'))
+    bad = edited_profile(tmp_path, "cpu-ort", "blocked_layout = true", 'blocked_layout = "yes"')
     with pytest.raises(ProfileError, match="blocked_layout: expected true or false"):
         load_profile(bad)
 
@@ -300,10 +306,7 @@ def test_weights_stream_in_at_the_measured_rate(tmp_path):
     assert 1e9 < rate < 1e12
     gemm = OpSpec("gemm", cin=360, cout=1000)  # 1.4 MB of weights
     assert target.kernel(gemm)[0] >= gemm.weight_bytes / rate * 1e3
-    text = profile.source.read_text().replace("stream_weights = true", "")
-    text = text.replace('measurements = "cpu-ort.csv"', f'measurements = "{profile.measurements}"')
-    plain = tmp_path / "plain.toml"
-    plain.write_text(text)
+    plain = edited_profile(tmp_path, "cpu-ort", "stream_weights = true", "")
     assert Target.load(plain).kernel(gemm)[0] < target.kernel(gemm)[0]
     small = [(s, ms) for s, ms in target._regressor.rows if s.weight_bytes < 2**20]
     with pytest.raises(ProfileError, match="stream_weights needs measured gemms"):

@@ -8,6 +8,7 @@ import pytest
 
 from rewriter.cost.opspec import KINDS
 from rewriter.cost.profile import PROFILE_DIR, ProfileError, builtin_profiles, load_profile
+from tests.helpers import edited_profile
 
 
 def test_builtins_load():
@@ -36,11 +37,7 @@ def test_load_by_path(tmp_path: Path):
 
 
 def _broken(tmp_path: Path, old: str, new: str, base: str = "npu-p32") -> Path:
-    text = (PROFILE_DIR / f"{base}.toml").read_text()
-    assert old in text
-    path = tmp_path / "bad.toml"
-    path.write_text(text.replace(old, new, 1))
-    return path
+    return edited_profile(tmp_path, base, old, new)
 
 
 BAD = [

@@ -15,7 +15,7 @@ from rewriter.cost.zigzag_models import target_accelerator, validate_with_zigzag
 from rewriter.passes import get_pass
 from rewriter.passes.fuse_ibn import FuseIBN
 from rewriter.rewrite import apply_pass
-from tests.helpers import load
+from tests.helpers import edited_profile, load
 
 
 @pytest.fixture(scope="module")
@@ -47,26 +47,16 @@ def test_zz_targets_reward_dense_replacements_of_narrow_depthwise_convs(mnv2, na
     assert target.estimate(fused).latency_ms < base
 
 
-def _edited(tmp_path, name: str, old: str, new: str):
-    """A copy of built-in profile `name` with `old` replaced by `new`."""
-    profile = load_profile(name)
-    text = profile.source.read_text()
-    assert old in text
-    path = tmp_path / "bad.toml"
-    path.write_text(text.replace(old, new).replace(f'measurements = "{name}.csv"',
-                                                   f'measurements = "{profile.measurements}"'))
-    return path
-
-
 @pytest.mark.parametrize("name, old, new, message", [
     ("edge-tpu-zz", '"elementwise", "pool"', '"elementwise", "warp"', "free_kinds"),
     ("tpu-zz", 'accelerator = "tpu_like"', "accelerator = 3", "accelerator: expected a string"),
     ("edge-tpu-zz", "parallelism_ox = 4", "parallelism_ox = 2", "floor_at_peak needs"),
-    ("edge-tpu-zz", "parallelism_ox = 4", "parallelism_ox = 0", "parallelism_ox"),
+    ("edge-tpu-zz", "parallelism_ox = 4", "parallelism_ox = 0",
+     "parallelism_ox: must be positive"),
 ])
 def test_bad_zz_profile_keys_are_one_clear_error(tmp_path, name, old, new, message):
     with pytest.raises(ProfileError, match=message):
-        load_profile(_edited(tmp_path, name, old, new))
+        load_profile(edited_profile(tmp_path, name, old, new))
 
 
 @pytest.mark.parametrize("name, accelerator", [("edge-tpu-zz", "edge_tpu_like"),

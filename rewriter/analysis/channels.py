@@ -55,6 +55,12 @@ def weight_axis(node: gs.Node, role: str) -> int:
     return out_axis if role == "producer" else in_axis
 
 
+def output_rank(model: Model, node: gs.Node) -> int:
+    """The rank of `node`'s first output in `model` (4 when unknown), which
+    `channel_params` needs to place a broadcasting constant's channel axis."""
+    return len(model.shapes.get(node.outputs[0].name, ())) or 4
+
+
 def channel_params(node: gs.Node, role: str, input_index: int, rank: int
                    ) -> list[tuple[int, int, float]]:
     """The constant inputs of a group member that hold the group's channels, as (input
@@ -75,7 +81,8 @@ def channel_params(node: gs.Node, role: str, input_index: int, rank: int
         return [(1, 0, 0.0)] + ([(2, 0, 0.0)] if present(2) else [])
     if node.op in ("BatchNormalization", "InstanceNormalization"):
         return [(i, 0, fill) for i, fill in FOLLOWER_INPUTS[node.op].items() if present(i)]
-    fills = FOLLOWER_INPUTS.get(node.op, {input_index: NEUTRAL.get(node.op, 0.0)})
+    fills = (FOLLOWER_INPUTS[node.op] if node.op in FOLLOWER_INPUTS
+             else {input_index: NEUTRAL[node.op]})
     return [(i, 1 - (rank - const_value(node.inputs[i]).ndim), fill)
             for i, fill in fills.items()
             if present(i) and const_value(node.inputs[i]).size > 1]
@@ -326,6 +333,10 @@ class _Analysis:
                 self.add(y, node, "follower", index)
             elif len(padded) >= 2 and padded[1] != 1:
                 self.freeze(y, f"{node.op} {node.name} has a constant of shape {value.shape}")
+        if node.op == "Div" and any(node.inputs[1] is t for t in coupled):
+            # An added channel carries 0 (or act(0)); dividing by it is not finite, and a
+            # consumer's zero weight times inf is NaN.
+            self.freeze(y, f"Div {node.name} divides by the group's channels")
 
 
 @dataclass
