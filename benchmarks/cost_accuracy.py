@@ -1,11 +1,16 @@
 """Whole-model accuracy of the cpu-ort estimator (fitted on single-op measurements only).
 
-    python benchmarks/cost_accuracy.py [--quick]
+    python benchmarks/cost_accuracy.py [--quick] [--retime-ops N]
 
 Times every zoo variant (4 models x 4 widths x 3 resolutions, BN folded) and the two real
 PaddleOCR models in onnxruntime on this machine (1 intra-op thread) and
 compares each with the estimate: MAPE, share within +-10%, Spearman, worst cases.
 Each model is timed in 3 interleaved rounds of 30 runs; the lowest median is kept.
+
+Two tables from the same model timings: the estimates as fitted, and the estimates with
+the target's measured kernel times scaled by how fast N (default 150) of its own ops run
+now, re-timed right after the models (`rewriter.cost.retime`): this machine's speed
+drifts by several per cent within an hour, ops and models alike.
 """
 
 from __future__ import annotations
@@ -14,17 +19,29 @@ import argparse
 import sys
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.validate import paddleocr_cases, validate, zoo_cases
+from rewriter.cost.retime import machine_speed
+from rewriter.cost.validate import measure_cases, paddleocr_cases, validate_by, zoo_cases
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--target", default="cpu-ort")
+    parser.add_argument("--retime-ops", type=int, default=150, metavar="N")
     args = parser.parse_args()
     cases = zoo_cases(quick=args.quick) + paddleocr_cases()
-    report = validate(Target.load(args.target), cases, progress=sys.stderr.isatty())
-    print(report.text(worst=5))
+    target = Target.load(args.target)
+    measured = measure_cases(cases, progress=sys.stderr.isatty())
+    fitted = validate_by(target, cases, lambda _: measured)
+    print("Estimates as fitted\n")
+    print(fitted.text(worst=5))
+    if args.retime_ops:
+        speed = machine_speed(target, args.retime_ops)
+        target.set_speed(speed.ratio)
+        retimed = validate_by(target, cases, lambda _: measured)
+        retimed.speed = speed
+        print("\nEstimates with the ops re-timed now\n")
+        print(retimed.text(worst=5))
     return 0
 
 

@@ -87,6 +87,9 @@ class Target:
         self._regressor = None
         self._weights_bytes_per_ms: float | None = None
         self._reorders_measured = False
+        # measured kernel times x this: how fast the machine runs now against when its ops
+        # were measured (cost.retime), 1 as measured
+        self.speed = 1.0
         if profile.kind == "measured":
             from rewriter.cost.latency import regression_for
 
@@ -118,7 +121,7 @@ class Target:
                 ms = float(self._regressor.predict_ms(spec))
                 if self._weights_bytes_per_ms:
                     ms = max(ms, spec.weight_bytes / self._weights_bytes_per_ms)
-                ms += self.profile.overhead_s * 1e3
+                ms = ms * self.speed + self.profile.overhead_s * 1e3
                 if self.profile.floor_at_peak:
                     ms = max(ms, peak_s(spec, self.profile) * 1e3)
                 hit = (max(ms, self.profile.overhead_s * 1e3), None)
@@ -127,6 +130,16 @@ class Target:
                 hit = (est.latency_s * 1e3, est.utilisation)
             self._cache[key] = hit
         return hit
+
+    def set_speed(self, ratio: float) -> None:
+        """Scale measured kernel times by `ratio` (cost.retime.machine_speed)."""
+        if self._regressor is None:
+            raise ProfileError(f"{self.name}: an analytic target has no measured times to "
+                               "scale")
+        if not (ratio > 0 and np.isfinite(ratio)):
+            raise ValueError(f"speed ratio must be a positive number, got {ratio!r}")
+        self.speed = float(ratio)
+        self._cache.clear()
 
     def _reorder_spec(self, spec: OpSpec) -> OpSpec:
         """A layout conversion as measured, or as a copy of the tensor (an elementwise op of

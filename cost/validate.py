@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
 from rewriter.cost.regression import spearman
+from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
 from rewriter.graph_io import Model, model_from_proto
 from rewriter.tables import table
 from rewriter.verify import make_inputs
@@ -49,6 +50,7 @@ class Row:
 class ValidationReport:
     target: str
     rows: list[Row]
+    speed: SpeedCheck | None = None  # set when the target's ops were re-timed (cost.retime)
 
     @property
     def mape(self) -> float:
@@ -76,12 +78,15 @@ class ValidationReport:
         rows = [[r.name, f"{r.measured_ms:.3f}", f"{r.estimated_ms:.3f}",
                  f"{100 * r.error:+.1f}%"] for r in self.rows]
         worst_cases = ", ".join(f"{r.name} {100 * r.error:+.0f}%" for r in self.worst(worst))
+        retimed = f"\nestimates scaled by the machine's speed now: {self.speed.summary()}" \
+            if self.speed else ""
         return (f"{table(['model', measured, 'estimated ms', 'error'], rows)}\n\n"
-                f"{self.summary()}\nworst: {worst_cases}")
+                f"{self.summary()}\nworst: {worst_cases}{retimed}")
 
     def to_dict(self) -> dict[str, object]:
         return {"target": self.target, "models": len(self.rows), "mape": self.mape,
                 "within_10pct": self.within_10pct, "spearman": self.spearman,
+                "speed_ratio": self.speed.ratio if self.speed else None,
                 "rows": [{**asdict(r), "error": r.error} for r in self.rows]}
 
 
@@ -113,6 +118,29 @@ def paddleocr_cases(keys: Sequence[str] = ("cls", "det")) -> list[Case]:
             for key, path in rapidocr_models(keys).items()]
 
 
+def measure_cases(cases: Sequence[Case], *, repeats: int = 30, rounds: int = 3,
+                  threads: int = 1, progress: bool = True) -> list[float]:
+    """Median wall time of each case in ms. Each model is timed in `rounds` interleaved
+    rounds (all models, then all again) and the lowest round median is kept, so a burst of
+    load on a shared machine spoils one round of one model rather than its only
+    measurement."""
+    from rewriter.cost.measure import session_wall_time
+    from rewriter.runtime import session
+
+    # one session per model for all rounds; onnxruntime infers the shapes it needs
+    sessions = [session(c.model.to_onnx(infer_shapes=False), threads) for c in cases]
+    feeds = [c.feeds or make_inputs(c.model, batch=1) for c in cases]
+    best = [float("inf")] * len(cases)
+    steps = tqdm(total=rounds * len(cases), desc="timing models", unit="run",
+                 disable=not progress)
+    for _ in range(rounds):
+        for i, timed in enumerate(sessions):
+            best[i] = min(best[i], session_wall_time(timed, feeds[i], repeats=repeats))
+            steps.update(1)
+    steps.close()
+    return best
+
+
 def validate(
     target: Target,
     cases: Iterable[Case],
@@ -121,28 +149,26 @@ def validate(
     rounds: int = 3,
     threads: int = 1,
     progress: bool = True,
+    retime_ops: int = 0,
 ) -> ValidationReport:
-    """Each model is timed in `rounds` interleaved rounds (all models, then all again) and
-    the lowest round median is kept, so a burst of load on a shared machine spoils one
-    round of one model rather than its only measurement."""
-    from rewriter.cost.measure import session_wall_time
-    from rewriter.runtime import session
+    """Every case measured on this machine (`measure_cases`) against its estimate.
 
+    retime_ops > 0: right after the models, that many of the target's own ops are timed
+    again (`cost.retime`) and its measured kernel times scaled by how fast they run now,
+    so that the models and the ops they are estimated from are compared in one machine
+    state; the report keeps the ratio (`speed`)."""
     cases = list(cases)
-    # one session per model for all rounds; onnxruntime infers the shapes it needs
-    sessions = [session(c.model.to_onnx(infer_shapes=False), threads) for c in cases]
-    feeds = [c.feeds or make_inputs(c.model, batch=1) for c in cases]
-    best = [float("inf")] * len(cases)
-    steps = tqdm(total=rounds * len(cases), desc=f"validating {target.name}", unit="run",
-                 disable=not progress)
-    for _ in range(rounds):
-        for i, timed in enumerate(sessions):
-            best[i] = min(best[i], session_wall_time(timed, feeds[i], repeats=repeats))
-            steps.update(1)
-    steps.close()
-    rows = [Row(c.name, best[i], target.estimate(c.model).latency_ms)
-            for i, c in enumerate(cases)]
-    return ValidationReport(target.name, rows)
+    if retime_ops:
+        retimable(target)  # one clear error before minutes of timing, not after
+    measured = measure_cases(cases, repeats=repeats, rounds=rounds, threads=threads,
+                             progress=progress)
+    speed = None
+    if retime_ops:
+        speed = machine_speed(target, retime_ops, threads=threads)
+        target.set_speed(speed.ratio)
+    report = validate_by(target, cases, lambda _: measured)
+    report.speed = speed
+    return report
 
 
 def validate_by(target: Target, cases: Iterable[Case],

@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ZigZag-fitted targets: also each model against its exact optimize "
                         "result and its every-site fuse-ibn form (is the gain's sign right?)")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--retime-ops", type=int, default=0, metavar="N",
+                   help="measured targets of this machine: after the models, time N of the "
+                        "target's own ops again and scale its estimates by how fast they run "
+                        "now (the machine's speed drifts; default 0: as fitted)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("zoo", help="build a model of the project's zoo")
@@ -508,6 +512,7 @@ def _parse_model_arg(spec: str):
 
 
 def _cost_validate(args: argparse.Namespace) -> int:
+    from rewriter.cost.profile import ProfileError
     from rewriter.cost.validate import Case, validate, zoo_cases
 
     target = _target(args.target)
@@ -524,8 +529,16 @@ def _cost_validate(args: argparse.Namespace) -> int:
     if not cases:
         raise BadInputError("no models to validate (--no-zoo without --model)")
     gains = None
+    if args.retime_ops < 0:
+        raise BadInputError(f"--retime-ops must be 0 or more, not {args.retime_ops}")
+    if args.retime_ops and accelerator is not None:
+        raise BadInputError(f"--retime-ops: {target.name} is fitted on ZigZag, whose cycles "
+                            "do not drift; nothing to re-time")
     if accelerator is None:
-        report = validate(target, cases, repeats=args.repeats)
+        try:
+            report = validate(target, cases, repeats=args.repeats, retime_ops=args.retime_ops)
+        except ProfileError as exc:
+            raise BadInputError(str(exc)) from None
     else:
         from rewriter.cost.validate import rewrite_pairs
         from rewriter.cost.zigzag_models import gains_on_zigzag, validate_on_zigzag
