@@ -19,8 +19,8 @@ import argparse
 import sys
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.retime import machine_speed
-from rewriter.cost.validate import measure_cases, paddleocr_cases, validate_by, zoo_cases
+from rewriter.cost.validate import (measure_cases, paddleocr_cases, validate_by,
+                                    validate_retimed, zoo_cases)
 
 
 def main() -> int:
@@ -36,12 +36,8 @@ def main() -> int:
     print("Estimates as fitted\n")
     print(fitted.text(worst=5))
     if args.retime_ops:
-        speed = machine_speed(target, args.retime_ops)
-        target.set_speed(speed.ratio)
-        retimed = validate_by(target, cases, lambda _: measured)
-        retimed.speed = speed
         print("\nEstimates with the ops re-timed now\n")
-        print(retimed.text(worst=5))
+        print(validate_retimed(target, cases, measured, args.retime_ops).text(worst=5))
     return 0
 
 

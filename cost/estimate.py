@@ -16,7 +16,7 @@ import numpy as np
 
 from rewriter.analysis.memory import memory_stats
 from rewriter.cost.analytic import estimate_op, peak_s
-from rewriter.cost.kernels import Kernel, decompose
+from rewriter.cost.kernels import Kernel, decompose, nchw
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
@@ -203,7 +203,7 @@ def _run_separately(kernel: Kernel, layout: RuntimeLayout, nodes: dict, shapes: 
         if not shape:
             continue
         full = sum(1 for t in node.inputs if shapes.get(t.name) == shape)
-        n, c, h, w = (*shape, 1, 1)[:4] if len(shape) >= 2 else (1, shape[0], 1, 1)
+        n, c, h, w = nchw(shape)
         out.append((name, op_type, OpSpec("elementwise", n=n, cin=c, cout=c, h_in=h, w_in=w,
                                           h_out=h, w_out=w, n_inputs=max(1, full))))
     return out

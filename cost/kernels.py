@@ -35,11 +35,12 @@ class Kernel:
     spec: OpSpec
 
 
-def _dims(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """(n, c, h, w) of a 4-D or 2-D shape."""
-    if len(shape) == 4:
-        return shape[0], shape[1], shape[2], shape[3]
-    if len(shape) >= 2:
+def nchw(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(n, c, h, w) of a tensor shape: a 3-D one has no w, a 2-D one no map, a 1-D one is
+    channels."""
+    if len(shape) >= 3:
+        return shape[0], shape[1], shape[2], shape[3] if len(shape) > 3 else 1
+    if len(shape) == 2:
         return shape[0], shape[1], 1, 1
     return 1, prod(shape) if shape else 1, 1, 1
 
@@ -92,10 +93,10 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
     out = node.outputs[0] if node.outputs else None
     if out is None or out.name not in shapes:
         return None
-    n, cout, h_out, w_out = _dims(shapes[out.name])
+    n, cout, h_out, w_out = nchw(shapes[out.name])
     data = [t for t in node.inputs if isinstance(t, gs.Variable) and t.name in shapes]
     first = shapes[data[0].name] if data else shapes[out.name]
-    _, cin, h_in, w_in = _dims(first)
+    _, cin, h_in, w_in = nchw(first)
     base = dict(n=n, cin=cin, cout=cout, h_in=h_in, w_in=w_in, h_out=h_out, w_out=w_out,
                 kh=1, kw=1, stride=1, groups=1, act="", n_inputs=max(1, len(data)))
     if node.op == "Conv":
@@ -127,8 +128,7 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
     if node.op in GLOBAL_POOLS:
         return OpSpec(kind="gap", **base)
     if node.op in ("Resize", "Upsample"):
-        mode = node.attrs.get("mode", "nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        mode = str(node.attrs.get("mode", "nearest"))  # graphsurgeon decodes strings
         taps = RESIZE_TAPS.get("linear" if mode == "bilinear" else mode, 1)  # old Upsample
         base.update(kh=taps, kw=taps)
         return OpSpec(kind="resize", **base)

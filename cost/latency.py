@@ -4,7 +4,8 @@
 profile, and ``RegressionEstimator.predict_ms(spec) / 1000`` on a "measured" one, the
 estimator being fitted once per (measurements file, its mtime, the profile's array)
 and kept. That is the op model alone: a kernel's latency inside a model on a target,
-`estimate.Target.kernel`, adds a measured profile's rules on top (free kinds, in-model
+`estimate.Target.kernel`, adds a measured profile's rules on top (free kinds, the
+`stream_weights` floor, the machine's `speed` now when its ops were re-timed, in-model
 dispatch `overhead_s`, the `floor_at_peak` floor).
 """
 

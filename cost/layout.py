@@ -22,11 +22,12 @@ from pathlib import Path
 
 import onnx
 
+from rewriter.cost.kernels import nchw
+from rewriter.cost.measure import REORDERS
 from rewriter.cost.opspec import OpSpec
 from rewriter.graph_io import Model
 from rewriter.runtime import session
 
-REORDERS = {"ReorderInput": "", "ReorderOutput": "nchw"}  # op -> the layout it converts to
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,7 @@ def onnxruntime_layout(model: Model, threads: int = 1) -> RuntimeLayout:
         tensor = next((t for t in (*node.output, *node.input) if t in shapes), None)
         if tensor is None:
             continue
-        shape = shapes[tensor]
-        n, c = shape[0], shape[1] if len(shape) > 1 else 1
-        h = shape[2] if len(shape) > 2 else 1
-        w = shape[3] if len(shape) > 3 else 1
+        n, c, h, w = nchw(shapes[tensor])
         reorders.append((tensor, OpSpec(kind="reorder", n=n, cin=c, cout=c, h_in=h, w_in=w,
                                         h_out=h, w_out=w, layout=REORDERS[node.op_type])))
     return RuntimeLayout(reorders, frozenset(unblocked),

@@ -154,6 +154,16 @@ def _window(spec: OpSpec) -> tuple[list[int], list[int]]:
     return [sh, sw], [top, left, bottom, right]
 
 
+def _helper_input(b: _Builder, spec: OpSpec) -> tuple[list[onnx.ValueInfoProto], str]:
+    """A graph input of _HELPER_CHANNELS channels and a helper 1x1 conv (a LAYOUT_HELPER
+    node) from it to `spec`'s input channels: onnxruntime runs the conv blocked, so what
+    reads its output reads a blocked tensor, as in a CNN."""
+    shape = [spec.n, _HELPER_CHANNELS, spec.h_in, spec.w_in]
+    inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
+    w = b.weight("W", (spec.cin, _HELPER_CHANNELS, 1, 1), _HELPER_CHANNELS)
+    return inputs, b.node("Conv", ["x0", w], f"{LAYOUT_HELPER}_conv")
+
+
 def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     """A model computing only `spec` (and its fused activation), with random weights."""
     b = _Builder(seed)
@@ -161,6 +171,7 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
     act = spec.act
     k = spec.kind
+    out_channels = spec.cout
     if k in CONV_KINDS:
         strides, pads = _window(spec)
         cin_g = spec.cin // spec.groups
@@ -196,11 +207,7 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
             # linear one blocked (NCHWc Upsample), 2-5x faster than the NCHW Resize a lone
             # Resize gets. A 1x1 conv in front (16 channels in, past the blocking threshold)
             # puts it in that layout; time_model leaves the helper out.
-            helper_in = _HELPER_CHANNELS
-            shape = [spec.n, helper_in, spec.h_in, spec.w_in]
-            inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
-            w = b.weight("W", (spec.cin, helper_in, 1, 1), helper_in)
-            x = b.node("Conv", ["x0", w], f"{LAYOUT_HELPER}_conv")
+            inputs, x = _helper_input(b, spec)
             scales = b.const("scales", np.array(
                 [1, 1, spec.h_out // spec.h_in, spec.w_out // spec.w_in], np.float32))
             y = b.node("Resize", [x, "", scales], "op", mode=mode,
@@ -211,14 +218,12 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         # the graph input (layout ""); time_model times that one Reorder node.
         if spec.cin != spec.cout or (spec.h_in, spec.w_in) != (spec.h_out, spec.w_out):
             raise MeasurementError("reorder specs keep their shape: cin = cout, same map")
-        outside = _HELPER_CHANNELS
         if spec.layout == "nchw":
-            shape = [spec.n, outside, spec.h_in, spec.w_in]
-            inputs = [helper.make_tensor_value_info("x0", TensorProto.FLOAT, shape)]
-            w = b.weight("W", (spec.cout, outside, 1, 1), outside)
+            inputs, y = _helper_input(b, spec)
         else:
-            w = b.weight("W", (outside, spec.cin, 1, 1), spec.cin)
-        y = b.node("Conv", ["x0", w], f"{LAYOUT_HELPER}_conv")
+            out_channels = _HELPER_CHANNELS
+            w = b.weight("W", (out_channels, spec.cin, 1, 1), spec.cin)
+            y = b.node("Conv", ["x0", w], f"{LAYOUT_HELPER}_conv")
     elif k == "elementwise":
         names = [f"x{i}" for i in range(spec.n_inputs)]
         inputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, shape) for nm in names]
@@ -238,7 +243,6 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
         y = b.node("Concat", [v.name for v in inputs], "op", axis=1)
     if act:
         y = _activation(b, act, y)
-    out_channels = _HELPER_CHANNELS if k == "reorder" and spec.layout != "nchw" else spec.cout
     out_shape = [spec.n, out_channels] + ([] if k == "gemm" else [spec.h_out, spec.w_out])
     out = helper.make_tensor_value_info(y, TensorProto.FLOAT, out_shape)
     graph = helper.make_graph(b.nodes, f"one_{k}", inputs, [out], b.inits)
@@ -332,10 +336,11 @@ def _modest(spec: OpSpec) -> bool:
 _WIDE_SIZES = (1, 1, 2, 3, 4, 7, 10, 14, 20, 24, 28, 40, 48, 56, 80, 112)
 
 
-def _log_channels(rng: np.random.Generator, p: int) -> int:
-    """Log-uniform over 8-1280, rounded to a multiple of P 40% of the time."""
-    c = int(round(math.exp(rng.uniform(math.log(8), math.log(1280)))))
-    return max(p, round(c / p) * p) if rng.random() < 0.4 else c
+def _log_channels(rng: np.random.Generator, p: int, hi: int = 1280, snap: float = 0.4
+                  ) -> int:
+    """Log-uniform over 8-`hi`, rounded to a multiple of P with probability `snap`."""
+    c = int(round(math.exp(rng.uniform(math.log(8), math.log(hi)))))
+    return max(p, round(c / p) * p) if rng.random() < snap else c
 
 
 def _sample_wide(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
@@ -387,8 +392,7 @@ def _sample_stem(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     or not, 3x3 to 7x7 mostly at stride 2, 8-64 output channels."""
     act = str(rng.choice(_ACTS))
     cin = int(rng.choice([1, 3, 3, 3, 4]))
-    cout = int(round(math.exp(rng.uniform(math.log(8), math.log(64)))))
-    cout = max(p, round(cout / p) * p) if rng.random() < 0.5 else cout
+    cout = _log_channels(rng, p, hi=64, snap=0.5)
     height = int(rng.choice(_STEM_SIDES))
     width = height if rng.random() < 0.6 else int(rng.choice(_STEM_SIDES))
     stride = int(rng.choice([1, 2, 2, 2]))
@@ -481,7 +485,9 @@ def _session(model: onnx.ModelProto, threads: int, profile: bool):
     return session(model, threads, profile_prefix=prefix)
 
 
-_LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
+# onnxruntime's layout conversions -> the layout each converts to (into the blocked one:
+# "", out of it: "nchw"); cost.layout reads them from the graph onnxruntime runs
+REORDERS = {"ReorderInput": "", "ReorderOutput": "nchw"}
 MIN_MS = 1e-4  # 0.1 us
 
 
@@ -515,7 +521,7 @@ def time_model(model: onnx.ModelProto, *, repeats: int = 20, warmup: int = 3,
             continue
         op = e.get("args", {}).get("op_name")
         if (op == only if only else
-                op not in _LAYOUT_OPS and not e["name"].startswith(LAYOUT_HELPER)):
+                op not in REORDERS and not e["name"].startswith(LAYOUT_HELPER)):
             index = bisect.bisect_right(runs, e["ts"]) - 1
             if index >= 0:
                 per_run[index] += max(e["dur"] / 1e3 - node_floor_ms, 0.0)
@@ -531,7 +537,7 @@ def reorder_op(spec: OpSpec) -> str | None:
     """The onnxruntime node a reorder spec is timed by (None for other kinds)."""
     if spec.kind != "reorder":
         return None
-    return "ReorderOutput" if spec.layout == "nchw" else "ReorderInput"
+    return next(op for op, layout in REORDERS.items() if layout == spec.layout)
 
 
 def _relu_chain(length: int) -> onnx.ModelProto:

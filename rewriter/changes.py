@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+METADATA_KEY = "rewriter.architecture_changed"
+
+
 @dataclass
 class ArchitectureChanges:
     """Provenance of architecture changes relative to the ORIGINAL model.
@@ -30,6 +33,10 @@ class ArchitectureChanges:
     kept_channels: dict[str, np.ndarray] = field(default_factory=dict)
     refit: list[str] = field(default_factory=list)
     passes: list[str] = field(default_factory=list)
+
+    def label(self) -> str:
+        """The model metadata entry (`METADATA_KEY`) that says what changed."""
+        return ",".join(self.passes) + "; fine-tune before use"
 
     def copy(self) -> "ArchitectureChanges":
         # Index arrays are never edited in place (prune() replaces them), so sharing is safe.

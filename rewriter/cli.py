@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ZigZag cycles to ms at this clock (default 1e9: 1 ms = 1e6 cycles)")
     p.add_argument("-o", "--output", required=True, metavar="CSV")
     p.add_argument("--append", action="store_true",
-                   help="add the new rows to those already in the output CSV")
+                   help="add the new rows to those already in the output CSV (the file is "
+                        "rewritten in this tool's columns: columns it does not know are "
+                        "dropped, latencies kept to 6 significant digits)")
     p = cost_sub.add_parser("fit", help="fit a regression estimator on a measurement CSV")
     p.add_argument("csv", help="measurements (ours, or your device's; see docs of columns)")
     p.add_argument("-o", "--output", required=True, metavar="ESTIMATOR.json")
@@ -524,16 +526,16 @@ def _cost_validate(args: argparse.Namespace) -> int:
     if args.pairs and accelerator is None:
         raise BadInputError(f"--pairs needs a ZigZag-fitted target such as edge-tpu-zz, not "
                             f"{target.name}")
-    cases = [] if args.no_zoo else zoo_cases(quick=args.quick)
-    cases += [Case(*_parse_model_arg(spec)) for spec in args.model]
-    if not cases:
-        raise BadInputError("no models to validate (--no-zoo without --model)")
-    gains = None
     if args.retime_ops < 0:
         raise BadInputError(f"--retime-ops must be 0 or more, not {args.retime_ops}")
     if args.retime_ops and accelerator is not None:
         raise BadInputError(f"--retime-ops: {target.name} is fitted on ZigZag, whose cycles "
                             "do not drift; nothing to re-time")
+    cases = [] if args.no_zoo else zoo_cases(quick=args.quick)
+    cases += [Case(*_parse_model_arg(spec)) for spec in args.model]
+    if not cases:
+        raise BadInputError("no models to validate (--no-zoo without --model)")
+    gains = None
     if accelerator is None:
         try:
             report = validate(target, cases, repeats=args.repeats, retime_ops=args.retime_ops)
@@ -560,6 +562,7 @@ def _cost_validate(args: argparse.Namespace) -> int:
 
 def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int:
     """A pass that changes the function: refit from calibration data, report fidelity."""
+    from rewriter.changes import METADATA_KEY
     from rewriter.fidelity import calibration_split, measure_fidelity
     from rewriter.graph_io import save_model
     from rewriter.passes import get_pass
@@ -579,8 +582,7 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
                          progress=not args.json and sys.stderr.isatty())
     fidelity = measure_fidelity(folded, result.model, held_out)
     if result.applied:
-        result.model.metadata["rewriter.architecture_changed"] = (
-            ",".join(result.model.changes.passes) + "; fine-tune before use")
+        result.model.metadata[METADATA_KEY] = result.model.changes.label()
         save_model(result.model, out)
     summary = {"model": args.model, "pass": rule.name, "exact": False,
                "applied": [s.to_dict() for s in result.applied],

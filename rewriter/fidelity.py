@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.staged import collect
+from rewriter.staged import Batches, collect
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Fidelity:
 
 
 def measure_fidelity(original: Model, candidate: Model,
-                     batches: Sequence[Mapping[str, np.ndarray]],
+                     batches: Batches,
                      reference: Mapping[str, np.ndarray] | None = None) -> Fidelity:
     """`candidate`'s outputs against `original`'s on `batches`. `reference`: the original's
     outputs on them (`staged.collect(original, batches)`), when the caller compares many
@@ -88,8 +88,7 @@ def calibration_batches(model: Model, path: str | None, count: int = 16, batch: 
     return batches, warnings
 
 
-def calibration_split(model: Model, calibration: str | Path | Sequence[Mapping[str, np.ndarray]]
-                      | None, seed: int = 0
+def calibration_split(model: Model, calibration: str | Path | Batches | None, seed: int = 0
                       ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]],
                                  list[str]]:
     """Calibration batches (a .npz path, batches, or None: seeded random inputs) split 3:1

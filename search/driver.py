@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rewriter.analysis.memory import MemoryStats
+from rewriter.changes import METADATA_KEY
 from rewriter.fidelity import Fidelity, calibration_split, measure_fidelity
 from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import Violation, check_budget
@@ -250,7 +251,7 @@ class _FidelityGuard:
         self._best_single: tuple[frozenset[int], Model] | None = None
 
     @cached_property
-    def reference(self) -> list[dict[str, np.ndarray]]:
+    def reference(self) -> dict[str, np.ndarray]:
         """The original's outputs on the held-out inputs, run once, when first needed."""
         return collect(self.space.canonical, self.held)
 
@@ -409,8 +410,7 @@ def optimize(
     if changed:
         # against the canonical original, whose outputs the guard has (BN folded: the same)
         fidelity = measure_fidelity(space.canonical, built, held, guard.reference)
-        built.metadata["rewriter.architecture_changed"] = (
-            ",".join(architecture.changes.passes) + "; fine-tune before use")
+        built.metadata[METADATA_KEY] = architecture.changes.label()
         notes.append("architecture changed: the exact rewrites were verified against the "
                      "refitted model; fidelity to the original is measured on held-out "
                      "calibration inputs; fine-tune before use")

@@ -111,25 +111,40 @@ def test_analyse_json_shape():
     assert {"kind", "expansion", "kernel", "stride", "residual", "nodes"} <= set(ibn)
 
 
-@pytest.mark.parametrize("divisor_is_the_group, frozen", [(True, True), (False, False)])
-def test_a_group_that_divides_is_frozen(divisor_is_the_group, frozen):
-    """Padding puts 0 on an added channel; 1 / 0 is inf, and a consumer's zero weight times
-    inf is NaN, so no channel rewrite may touch a group something is divided by."""
+def _group_of_33_through(op: str, inputs: list[str], constant: float):
+    """The 33-channel group of conv 8->33, `op` over `inputs` (its output "y"; the scalar
+    initializer "k" = `constant`), conv 33->8."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((33, 8, 1, 1)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((8, 33, 1, 1)).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
-    div = ["two", "y"] if divisor_is_the_group else ["y", "two"]
+             numpy_helper.from_array(np.array(constant, np.float32), "k")]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["y"], name="c1"),
-             helper.make_node("Div", div, ["d"], name="div"),
+             helper.make_node(op, inputs, ["d"], name=op.lower()),
              helper.make_node("Conv", ["d", "w2"], ["out"], name="c2")]
     graph = helper.make_graph(
-        nodes, "div", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
     model = load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
-    group = next(g for g in channel_groups(model) if g.channels == 33)
+    return next(g for g in channel_groups(model) if g.channels == 33)
+
+
+@pytest.mark.parametrize("divisor_is_the_group, frozen", [(True, True), (False, False)])
+def test_a_group_that_divides_is_frozen(divisor_is_the_group, frozen):
+    """Padding puts 0 on an added channel; 1 / 0 is inf, and a consumer's zero weight times
+    inf is NaN, so no channel rewrite may touch a group something is divided by."""
+    group = _group_of_33_through("Div", ["k", "y"] if divisor_is_the_group else ["y", "k"], 2.0)
     assert group.is_frozen == frozen
     if frozen:
         assert any("divides by the group" in reason for reason in group.frozen)
+
+
+@pytest.mark.parametrize("exponent, frozen", [(-1.0, True), (2.0, False)])
+def test_a_group_raised_to_a_negative_power_is_frozen(exponent, frozen):
+    """0 ** -1 is inf as well: a Pow of the group's channels by a power that is not
+    positive freezes it; a positive one leaves it free."""
+    group = _group_of_33_through("Pow", ["y", "k"], exponent)
+    assert group.is_frozen == frozen
+    if frozen:
+        assert any("not finite at 0" in reason for reason in group.frozen)

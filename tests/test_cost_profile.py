@@ -29,15 +29,9 @@ def test_builtins_load():
 
 
 def test_load_by_path(tmp_path: Path):
-    path = tmp_path / "mine.toml"
-    path.write_text((PROFILE_DIR / "npu-p32.toml").read_text().replace(
-        'name = "npu-p32"', 'name = "mine"'))
+    path = edited_profile(tmp_path, "npu-p32", 'name = "npu-p32"', 'name = "mine"')
     assert load_profile(path).name == "mine"
     assert load_profile(str(path)).source == path
-
-
-def _broken(tmp_path: Path, old: str, new: str, base: str = "npu-p32") -> Path:
-    return edited_profile(tmp_path, base, old, new)
 
 
 BAD = [
@@ -66,7 +60,7 @@ BAD = [
 
 @pytest.mark.parametrize("old,new,key,words", BAD, ids=[b[2] + "-" + b[3] for b in BAD])
 def test_invalid_profiles_name_file_and_key(tmp_path: Path, old, new, key, words):
-    path = _broken(tmp_path, old, new)
+    path = edited_profile(tmp_path, "npu-p32", old, new)
     with pytest.raises(ProfileError) as info:
         load_profile(path)
     message = str(info.value)
@@ -75,18 +69,18 @@ def test_invalid_profiles_name_file_and_key(tmp_path: Path, old, new, key, words
 
 
 def test_measured_profile_problems(tmp_path: Path):
-    path = _broken(tmp_path, '"cpu-ort.csv"', '"nowhere.csv"', base="cpu-ort")
+    path = edited_profile(tmp_path, "cpu-ort", '"cpu-ort.csv"', '"nowhere.csv"')
     with pytest.raises(ProfileError, match="measurements: .*nowhere.csv"):
         load_profile(path)
-    path = _broken(tmp_path, 'estimator = "regression"', 'estimator = "oracle"', base="cpu-ort")
+    path = edited_profile(tmp_path, "cpu-ort", 'estimator = "regression"', 'estimator = "oracle"')
     with pytest.raises(ProfileError, match="estimator: .*oracle"):
         load_profile(path)
-    path = _broken(tmp_path, 'estimator = "regression"\n', "", base="cpu-ort")
+    path = edited_profile(tmp_path, "cpu-ort", 'estimator = "regression"\n', "")
     with pytest.raises(ProfileError, match="estimator: missing"):
         load_profile(path)
     # a CSV next to a user profile is found there
     (tmp_path / "mine.csv").write_text((PROFILE_DIR.parent / "data" / "cpu-ort.csv").read_text())
-    path = _broken(tmp_path, '"cpu-ort.csv"', '"mine.csv"', base="cpu-ort")
+    path = edited_profile(tmp_path, "cpu-ort", '"cpu-ort.csv"', '"mine.csv"')
     assert load_profile(path).measurements == tmp_path / "mine.csv"
 
 

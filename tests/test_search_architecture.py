@@ -81,12 +81,23 @@ def test_architecture_changes_lower_latency_below_exact_mode(unconstrained):
     assert data["exact"] is False and data["fidelity"]["min_fidelity"] == 0.0
 
 
-def test_the_fidelity_floor_holds(unconstrained):
+def test_the_fidelity_floor_holds(unconstrained, monkeypatch):
     model, loose = unconstrained
     # Above what it reached, yet low enough that some architecture change still passes,
     # so the floor is checked on a model that has one.
     floor = min(0.999, loose.fidelity.min_cosine + 0.01)
+    refitted = []  # the architecture changes of every model built and refitted
+    build = SearchSpace.build_architecture
+
+    def counted(self, genome, calibration=None):
+        if calibration is not None:
+            refitted.append(frozenset(self.architecture_genes(genome)))
+        return build(self, genome, calibration)
+
+    monkeypatch.setattr(SearchSpace, "build_architecture", counted)
     strict = optimize(model, "tpu-zz", exact=False, min_fidelity=floor)
+    # the guard keeps what it built: no set of changes is refitted twice
+    assert refitted and len(set(refitted)) == len(refitted)
     assert strict.fidelity is not None and strict.fidelity.min_cosine >= floor
     assert strict.after.latency_ms >= loose.after.latency_ms
     assert any("cut back" in note for note in strict.notes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.analysis.activations import BINARY, UNARY
@@ -333,10 +334,19 @@ class _Analysis:
                 self.add(y, node, "follower", index)
             elif len(padded) >= 2 and padded[1] != 1:
                 self.freeze(y, f"{node.op} {node.name} has a constant of shape {value.shape}")
+        # An added channel carries 0 (or act(0)); dividing by it, or raising it to a power
+        # that is not positive, is not finite, and a consumer's zero weight times inf is NaN.
         if node.op == "Div" and any(node.inputs[1] is t for t in coupled):
-            # An added channel carries 0 (or act(0)); dividing by it is not finite, and a
-            # consumer's zero weight times inf is NaN.
             self.freeze(y, f"Div {node.name} divides by the group's channels")
+        elif (node.op == "Pow" and any(node.inputs[0] is t for t in coupled)
+              and not _positive_constant(node.inputs[1])):
+            self.freeze(y, f"Pow {node.name} raises the group's channels to a power that is "
+                           "not finite at 0")
+
+
+def _positive_constant(tensor) -> bool:
+    value = const_value(tensor)
+    return value is not None and bool(np.all(value > 0))
 
 
 @dataclass
