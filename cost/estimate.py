@@ -156,6 +156,7 @@ class Target:
         layout = None
         if self.profile.blocked_layout:
             from rewriter.cost.layout import onnxruntime_layout
+            from rewriter.cost.onnxruntime_kernels import onnxruntime_parts
 
             layout = onnxruntime_layout(model)
         ops = []
@@ -167,8 +168,15 @@ class Target:
             separate = _run_separately(k, layout, nodes, model.shapes) if layout else []
             if separate:
                 spec = replace(spec, act="")
-            ms, util = self.kernel(spec)
-            ops.append(KernelEstimate(k.name, k.op_type, spec.kind, k.nodes, ms, util))
+            parts = onnxruntime_parts(k, spec, nodes[k.name]) if layout is not None else None
+            if parts is None:
+                ms, util = self.kernel(spec)
+                ops.append(KernelEstimate(k.name, k.op_type, spec.kind, k.nodes, ms, util))
+            else:  # the first part carries the kernel's nodes
+                for i, (name, op_type, part) in enumerate(parts):
+                    ms, util = self.kernel(part)
+                    ops.append(KernelEstimate(name, op_type, part.kind, k.nodes if i == 0 else (),
+                                              ms, util))
             for name, op_type, part in separate:
                 ops.append(KernelEstimate(name, op_type, part.kind, (name,),
                                           self.kernel(part)[0], None))

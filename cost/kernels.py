@@ -108,10 +108,14 @@ def _spec(model: Model, node: gs.Node, shapes: dict[str, tuple[int, ...]]) -> Op
         base.update(kh=kh, kw=kw, stride=max(info.strides), groups=info.groups)
         return OpSpec(kind=conv_kind(info.cin, info.cout, max(kh, kw), info.groups), **base)
     if node.op == "ConvTranspose":
+        # a conv over the zero-inserted input (weights [cin, cout/groups, kh, kw])
         weight = const_value(node.inputs[1])
-        if weight is not None:
-            base.update(kh=int(weight.shape[2]), kw=int(weight.shape[3]))
-        return OpSpec(kind="conv", **base)
+        groups = int(node.attrs.get("group", 1))
+        if weight is None or cin % groups or cout % groups:
+            return OpSpec(kind="conv", **base)
+        kh, kw = int(weight.shape[2]), int(weight.shape[3])
+        base.update(kh=kh, kw=kw, groups=groups)
+        return OpSpec(kind=conv_kind(cin, cout, max(kh, kw), groups), **base)
     if node.op in ("Gemm", "MatMul"):
         out_shape = shapes[out.name]
         if len(out_shape) > 2 and len(first) >= 2:

@@ -22,7 +22,9 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
                                    or to cost/data/
     estimator                      "measured" only: "regression"
     blocked_layout                 "measured" only, optional: true when the runtime converts
-                                   tensors to/from a blocked layout (onnxruntime's NCHWc)
+                                   tensors to/from a blocked layout (onnxruntime's NCHWc);
+                                   it also prices the ops onnxruntime runs its own way
+                                   (cost.onnxruntime_kernels)
     free_kinds                     "measured" only, optional: op kinds that cost nothing on
                                    the measuring backend (ZigZag simulates MAC layers only)
     accelerator                    "measured" only, optional: the ZigZag accelerator the
