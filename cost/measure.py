@@ -427,11 +427,33 @@ def _sample_layout(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
 
 
 _LAYOUT_KIND_WEIGHTS = {"reorder": 0.6, "resize": 0.4}
+
+
+def _sample_head(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
+    """The output end of a segmentation or detection head, which the layout space draws
+    few of (its channels start at 8 and its largest factor is x8): a class map of 1-64
+    channels (log-uniform) upsampled x2-x16, nearest or linear, blocked or left in NCHW, to
+    a 48-512 pixel image; or that map's conversion out of the blocked layout."""
+    classes = int(round(math.exp(rng.uniform(0.0, math.log(64)))))
+    image = int(rng.integers(3, 33)) * 16
+    if kind == "reorder":
+        return OpSpec("reorder", cin=classes, cout=classes, h_in=image, w_in=image,
+                      h_out=image, w_out=image, layout="nchw")
+    scale = int(rng.choice([2, 4, 8, 16]))
+    size = image // scale
+    taps = int(rng.choice([1, 2]))
+    return OpSpec("resize", cin=classes, cout=classes, h_in=size, w_in=size,
+                  h_out=size * scale, w_out=size * scale, kh=taps, kw=taps,
+                  layout=str(rng.choice(["", "nchw"])))
+
+
+_HEAD_KIND_WEIGHTS = {"resize": 0.7, "reorder": 0.3}
 # name -> (kind weights, sampler)
 SPACES = {"default": (_KIND_WEIGHTS, _sample_one), "wide": (_WIDE_KIND_WEIGHTS, _sample_wide),
           "oblong": (_OBLONG_KIND_WEIGHTS, _sample_oblong),
           "stem": (_STEM_KIND_WEIGHTS, _sample_stem),
-          "layout": (_LAYOUT_KIND_WEIGHTS, _sample_layout)}
+          "layout": (_LAYOUT_KIND_WEIGHTS, _sample_layout),
+          "head": (_HEAD_KIND_WEIGHTS, _sample_head)}
 
 
 def sample_specs(n: int, seed: int, parallelism: int = 32, space: str = "default"
@@ -440,8 +462,8 @@ def sample_specs(n: int, seed: int, parallelism: int = 32, space: str = "default
     elements per tensor (a few ms on one CPU core); deterministic for a seed.
     space="wide", "oblong" and "stem": MAC layers only, from the corners the default space
     samples thinly or never (see `_sample_wide`, `_sample_oblong`, `_sample_stem`);
-    "layout": layout conversions and upsampling (`_sample_layout`); all to add to a
-    measurement set."""
+    "layout": layout conversions and upsampling (`_sample_layout`); "head": a head's
+    class map upsampled to the image (`_sample_head`); all to add to a measurement set."""
     if space not in SPACES:
         raise ValueError(f"unknown sample space {space!r}")
     kinds, sample = SPACES[space]

@@ -126,12 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallelism", type=int, default=32, metavar="P",
                    help="channel counts are sampled around multiples of P (default 32)")
     p.add_argument("--space", default="default",
-                   choices=["default", "wide", "oblong", "stem", "layout"],
+                   choices=["default", "wide", "oblong", "stem", "layout", "head"],
                    help="wide: MAC layers only, from the corners the default space samples "
                         "thinly (1x1 maps, 8-1280 channels log-uniform); oblong: gemms over "
                         "2-512 rows and convs on non-square maps; stem: first convs (1-4 "
                         "input channels on 32-640 pixel images); layout: onnxruntime's "
-                        "layout conversions and x2-x8 upsampling, blocked or not")
+                        "layout conversions and x2-x8 upsampling, blocked or not; head: 1-64 "
+                        "channel class maps upsampled x2-x16 to the image, and their "
+                        "conversion out of the blocked layout")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime intra-op threads, recorded in the CSV (default 1)")

@@ -232,6 +232,22 @@ def test_layout_sample_space_draws_conversions_and_upsampling():
     assert {s.layout for s in resizes} == {"", "nchw"} and {s.kh for s in resizes} == {1, 2}
 
 
+def test_head_sample_space_draws_class_maps_upsampled_to_the_image():
+    specs = sample_specs(200, seed=7, parallelism=8, space="head")
+    assert {s.kind for s in specs} == {"reorder", "resize"}
+    assert all(1 <= s.cin == s.cout <= 64 for s in specs)
+    assert min(s.cin for s in specs) < 8  # below where the layout space starts
+    assert all(s.h_out == s.w_out and s.h_out % 16 == 0 and 48 <= s.h_out <= 512
+               for s in specs)
+    assert {s.layout for s in specs if s.kind == "reorder"} == {"nchw"}
+    resizes = [s for s in specs if s.kind == "resize"]
+    assert {s.h_out // s.h_in for s in resizes} == {2, 4, 8, 16}
+    assert all(s.h_out == s.h_in * (s.h_out // s.h_in) for s in resizes)
+    assert {s.layout for s in resizes} == {"", "nchw"} and {s.kh for s in resizes} == {1, 2}
+    for spec in specs[:6]:
+        assert _out_shape(one_op_model(spec))[1:] == [spec.cout, spec.h_out, spec.w_out]
+
+
 def test_reorders_and_unblocked_resizes_are_timed_as_onnxruntime_runs_them():
     """A conversion is timed on the Reorder node onnxruntime inserts around a helper conv;
     a resize with layout "nchw" is built without the helper, so it runs unblocked."""
