@@ -76,6 +76,13 @@ def _run(model, target, exact, passes=None, floor=0.0, calibration=None):
     return result, change, fidelity, time.perf_counter() - start
 
 
+# search modes (label, exact, passes, fidelity floor); the tables share `_zoo_run`'s runs
+EXACT = ("exact", True, None, 0.0)
+FUSE_IBN = ("fuse-ibn alone", False, ("fuse-ibn",), 0.0)
+ALL = ("all architecture changes", False, None, 0.0)
+ALL_FLOOR = ("all, fidelity >= 0.99", False, None, 0.99)
+
+
 @functools.lru_cache(maxsize=None)
 def _zoo_run(name, target, exact, passes=None, floor=0.0):
     """`_run` on a zoo model at width 1.0, 224x224, once per case (the ZigZag table reuses
@@ -87,13 +94,10 @@ def _zoo_run(name, target, exact, passes=None, floor=0.0):
 def latency_table(quick: bool) -> None:
     names = ("mobilenetv2",) if quick else ("mobilenetv2", "ssdlite", "lraspp")
     targets = ("npu-p32",) if quick else ("npu-p32", "edge-tpu-zz", "tpu-zz")
-    modes = (("exact", True, None, 0.0), ("fuse-ibn alone", False, ("fuse-ibn",), 0.0),
-             ("all architecture changes", False, None, 0.0),
-             ("all, fidelity >= 0.99", False, None, 0.99))
     rows = []
     for name in names:
         for target in targets:
-            for label, exact, passes, floor in modes:
+            for label, exact, passes, floor in (EXACT, FUSE_IBN, ALL, ALL_FLOOR):
                 _, (result, change, fidelity, seconds) = _zoo_run(name, target, exact, passes,
                                                                  floor)
                 kinds = sorted({d.pass_name for d in result.decisions if not d.exact})
@@ -131,13 +135,12 @@ def zigzag_table(quick: bool) -> None:
     from rewriter.cost.estimate import Target
     from rewriter.cost.zigzag_models import validate_with_zigzag
 
-    modes = (("exact", True, None, 0.0), ("all, no floor", False, None, 0.0),
-             ("all, fidelity >= 0.99", False, None, 0.99))
+    all_ = ("all, no floor", *ALL[1:])
     cases = [("edge-tpu-zz", name, mode) for name in
-             (("ssdlite",) if quick else ("mobilenetv2", "ssdlite", "lraspp")) for mode in modes]
+             (("ssdlite",) if quick else ("mobilenetv2", "ssdlite", "lraspp"))
+             for mode in (EXACT, all_, ALL_FLOOR)]
     if not quick:  # the other P = 32 target, fused-IBN alone among its modes
-        cases += [("tpu-zz", "mobilenetv2", mode) for mode in
-                  (modes[0], ("fuse-ibn alone", False, ("fuse-ibn",), 0.0), modes[1])]
+        cases += [("tpu-zz", "mobilenetv2", mode) for mode in (EXACT, FUSE_IBN, all_)]
     rows = []
     for target_name, name, (label, exact, passes, floor) in cases:
         model, (result, _, fidelity, _) = _zoo_run(name, target_name, exact, passes, floor)

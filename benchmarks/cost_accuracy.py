@@ -19,6 +19,8 @@ import argparse
 import sys
 
 from rewriter.cost.estimate import Target
+from rewriter.cost.profile import ProfileError
+from rewriter.cost.retime import retimable
 from rewriter.cost.validate import (measure_cases, paddleocr_cases, validate_by,
                                     validate_retimed, zoo_cases)
 
@@ -29,15 +31,23 @@ def main() -> int:
     parser.add_argument("--target", default="cpu-ort")
     parser.add_argument("--retime-ops", type=int, default=150, metavar="N")
     args = parser.parse_args()
-    cases = zoo_cases(quick=args.quick) + paddleocr_cases()
+    if args.retime_ops < 0:
+        parser.error("--retime-ops must be >= 0")
     target = Target.load(args.target)
+    # one clear error before the models are timed, not after
+    try:
+        rows = retimable(target) if args.retime_ops else None
+    except ProfileError as err:
+        parser.error(f"{err} (--retime-ops 0 skips re-timing)")
+    cases = zoo_cases(quick=args.quick) + paddleocr_cases()
     measured = measure_cases(cases, progress=sys.stderr.isatty())
     fitted = validate_by(target, cases, lambda _: measured)
     print("Estimates as fitted\n")
     print(fitted.text(worst=5))
     if args.retime_ops:
         print("\nEstimates with the ops re-timed now\n")
-        print(validate_retimed(target, cases, measured, args.retime_ops).text(worst=5))
+        print(validate_retimed(target, cases, measured, args.retime_ops, rows=rows)
+              .text(worst=5))
     return 0
 
 

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from rewriter.analysis.memory import memory_stats
 from rewriter.cost.analytic import estimate_op, peak_s
-from rewriter.cost.kernels import Kernel, decompose, nchw
+from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
-
-if TYPE_CHECKING:
-    from rewriter.cost.layout import RuntimeLayout
-
 
 @dataclass(frozen=True)
 class KernelEstimate:
@@ -144,7 +138,7 @@ class Target:
     def _reorder_spec(self, spec: OpSpec) -> OpSpec:
         """A layout conversion as measured, or as a copy of the tensor (an elementwise op of
         its size) for measurements that hold no conversions."""
-        if self._regressor is None or self._reorders_measured:
+        if self._reorders_measured:
             return spec
         return replace(spec, kind="elementwise", layout="")
 
@@ -152,34 +146,20 @@ class Target:
         return sum(self.kernel(k.spec)[0] for k in kernels)
 
     def estimate(self, model: Model) -> ModelEstimate:
-        kernels = decompose(model)
         layout = None
         if self.profile.blocked_layout:
             from rewriter.cost.layout import onnxruntime_layout
             from rewriter.cost.onnxruntime_kernels import onnxruntime_parts
 
             layout = onnxruntime_layout(model)
+            nodes = {node.name: node for node in model.graph.nodes}
         ops = []
-        nodes = {node.name: node for node in model.graph.nodes} if layout is not None else {}
-        for k in kernels:
-            spec = k.spec
-            if layout is not None and k.name in layout.unblocked:
-                spec = replace(spec, layout="nchw")
-            separate = _run_separately(k, layout, nodes, model.shapes) if layout else []
-            if separate:
-                spec = replace(spec, act="")
-            parts = onnxruntime_parts(k, spec, nodes[k.name]) if layout is not None else None
-            if parts is None:
+        for k in decompose(model):
+            parts = ([(k.name, k.op_type, k.nodes, k.spec)] if layout is None
+                     else onnxruntime_parts(k, layout, nodes, model.shapes))
+            for name, op_type, members, spec in parts:
                 ms, util = self.kernel(spec)
-                ops.append(KernelEstimate(k.name, k.op_type, spec.kind, k.nodes, ms, util))
-            else:  # the first part carries the kernel's nodes
-                for i, (name, op_type, part) in enumerate(parts):
-                    ms, util = self.kernel(part)
-                    ops.append(KernelEstimate(name, op_type, part.kind, k.nodes if i == 0 else (),
-                                              ms, util))
-            for name, op_type, part in separate:
-                ops.append(KernelEstimate(name, op_type, part.kind, (name,),
-                                          self.kernel(part)[0], None))
+                ops.append(KernelEstimate(name, op_type, spec.kind, members, ms, util))
         for tensor, spec in layout.reorders if layout is not None else ():
             ops.append(KernelEstimate(f"reorder:{tensor}", "Reorder", "reorder", (),
                                       self.kernel(self._reorder_spec(spec))[0], None))
@@ -191,30 +171,6 @@ class Target:
             peak_activation_bytes=mem.peak_activation_bytes,
             ops=ops,
         )
-
-
-_MAC_OPS = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
-
-
-def _run_separately(kernel: Kernel, layout: RuntimeLayout, nodes: dict, shapes: dict
-                    ) -> list[tuple[str, str, OpSpec]]:
-    """The BN and activation nodes we fuse into `kernel` that the runtime runs as passes of
-    their own (`layout.ran` names them), each as an elementwise op of its output's shape
-    (one input, or two where it combines two tensors of that shape)."""
-    out = []
-    for name in kernel.nodes[1:]:
-        op_type = layout.ran.get(name)
-        if op_type is None or op_type in _MAC_OPS:
-            continue
-        node = nodes[name]
-        shape = shapes.get(node.outputs[0].name)
-        if not shape:
-            continue
-        full = sum(1 for t in node.inputs if shapes.get(t.name) == shape)
-        n, c, h, w = nchw(shape)
-        out.append((name, op_type, OpSpec("elementwise", n=n, cin=c, cout=c, h_in=h, w_in=w,
-                                          h_out=h, w_out=w, n_inputs=max(1, full))))
-    return out
 
 
 def estimate(model: Model, target: str | Path | Target) -> ModelEstimate:

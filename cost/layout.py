@@ -29,7 +29,6 @@ from rewriter.graph_io import Model
 from rewriter.runtime import session
 
 
-
 @dataclass(frozen=True)
 class RuntimeLayout:
     reorders: list[tuple[str, OpSpec]]  # (tensor, reorder spec) per conversion

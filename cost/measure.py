@@ -404,6 +404,19 @@ _STEM_KIND_WEIGHTS = {"conv": 1.0}
 _LAYOUT_SIDES = (2, 3, 4, 6, 7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224, 320)
 
 
+def _reorder(channels: int, size: int, layout: str) -> OpSpec:
+    return OpSpec("reorder", cin=channels, cout=channels, h_in=size, w_in=size, h_out=size,
+                  w_out=size, layout=layout)
+
+
+def _upsampling(rng: np.random.Generator, channels: int, size: int, scale: int) -> OpSpec:
+    """`size` x `scale`, nearest or linear, blocked or left in NCHW (drawn in that order)."""
+    taps = int(rng.choice([1, 2]))
+    return OpSpec("resize", cin=channels, cout=channels, h_in=size, w_in=size,
+                  h_out=size * scale, w_out=size * scale, kh=taps, kw=taps,
+                  layout=str(rng.choice(["", "nchw"])))
+
+
 def _sample_layout(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     """What a runtime with a blocked layout adds between kernels, and the upsampling a
     segmentation or detection head runs: a layout conversion of one tensor (out of the
@@ -416,14 +429,9 @@ def _sample_layout(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
         layout = str(rng.choice(["", "nchw"]))
         if layout == "":
             channels = max(16, round(channels / 8) * 8)
-        return OpSpec("reorder", cin=channels, cout=channels, h_in=size, w_in=size,
-                      h_out=size, w_out=size, layout=layout)
+        return _reorder(channels, size, layout)
     scale = int(rng.choice([2, 4, 8]))
-    taps = int(rng.choice([1, 2]))
-    size = max(1, size // scale)
-    return OpSpec("resize", cin=channels, cout=channels, h_in=size, w_in=size,
-                  h_out=size * scale, w_out=size * scale, kh=taps, kw=taps,
-                  layout=str(rng.choice(["", "nchw"])))
+    return _upsampling(rng, channels, max(1, size // scale), scale)
 
 
 _LAYOUT_KIND_WEIGHTS = {"reorder": 0.6, "resize": 0.4}
@@ -437,14 +445,9 @@ def _sample_head(rng: np.random.Generator, p: int, kind: str) -> OpSpec:
     classes = int(round(math.exp(rng.uniform(0.0, math.log(64)))))
     image = int(rng.integers(3, 33)) * 16
     if kind == "reorder":
-        return OpSpec("reorder", cin=classes, cout=classes, h_in=image, w_in=image,
-                      h_out=image, w_out=image, layout="nchw")
+        return _reorder(classes, image, "nchw")
     scale = int(rng.choice([2, 4, 8, 16]))
-    size = image // scale
-    taps = int(rng.choice([1, 2]))
-    return OpSpec("resize", cin=classes, cout=classes, h_in=size, w_in=size,
-                  h_out=size * scale, w_out=size * scale, kh=taps, kw=taps,
-                  layout=str(rng.choice(["", "nchw"])))
+    return _upsampling(rng, classes, image // scale, scale)
 
 
 _HEAD_KIND_WEIGHTS = {"resize": 0.7, "reorder": 0.3}

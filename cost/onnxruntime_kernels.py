@@ -1,9 +1,16 @@
 """Kernels that onnxruntime's CPU provider runs otherwise than their `OpSpec` says.
 
-`decompose` describes every op as an accelerator without special modes would run it. Two
-ops take another route in onnxruntime (1.32, CPUExecutionProvider), and a target measured
-there (`blocked_layout = true`) is estimated by the route they take:
+`decompose` describes every op as an accelerator without special modes would run it. A
+target measured in onnxruntime (1.32, CPUExecutionProvider; `blocked_layout = true`) is
+estimated by the route each kernel takes there, `onnxruntime_parts`, given the graph
+onnxruntime says it runs (`layout.onnxruntime_layout`):
 
+- **A Resize it leaves in plain NCHW** (an upsampling whose input comes from an op it
+  cannot block) is priced as an NCHW one (layout "nchw"), 2-4x slower than its blocked
+  Upsample.
+- **A BN or activation we fuse into a kernel that it runs on its own** (PaddleOCR's
+  spelled-out hard-swish, x * Clip(x + 3, 0, 6) / 6) is an elementwise pass of its own,
+  and the kernel is priced without the activation.
 - **ConvTranspose** is a GEMM and a col2im. For each group, the weights
   ``[cin/g, cout/g * kh * kw]`` multiply the input's ``cin/g x (h_in * w_in)`` matrix into
   a column buffer, which col2im adds into the output map (and the bias on top). So it is
@@ -34,29 +41,64 @@ from dataclasses import replace
 
 import onnx_graphsurgeon as gs
 
-from rewriter.cost.kernels import Kernel
+from rewriter.cost.kernels import Kernel, nchw
+from rewriter.cost.layout import RuntimeLayout
 from rewriter.cost.opspec import OpSpec, conv_kind
 
+# (name, op type, the model's nodes it covers, spec) of one pass onnxruntime runs
+Part = tuple[str, str, tuple[str, ...], OpSpec]
+# ops onnxruntime fuses an activation into: one we fuse after them and it names runs inside
+_MAC_OPS = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
-def onnxruntime_parts(kernel: Kernel, spec: OpSpec, node: gs.Node
-                      ) -> list[tuple[str, str, OpSpec]] | None:
-    """(name, op type, spec) of each pass onnxruntime runs for `kernel` (whose first node
-    is `node`, its spec as the layout left it), or None when it runs as `spec` says."""
+
+def onnxruntime_parts(kernel: Kernel, layout: RuntimeLayout, nodes: dict[str, gs.Node],
+                      shapes: dict[str, tuple[int, ...]]) -> list[Part]:
+    """Each pass onnxruntime runs for `kernel` (`nodes`: the model's nodes by name), the
+    first covering the kernel's nodes."""
+    spec = kernel.spec
+    if kernel.name in layout.unblocked:
+        spec = replace(spec, layout="nchw")
+    separate = _run_separately(kernel, layout, nodes, shapes)
+    if separate:
+        spec = replace(spec, act="")
+    node = nodes[kernel.name]
     if node.op == "ConvTranspose":
-        return _conv_transpose(kernel, spec)
-    if node.op == "Resize" and _copies_pixels(spec, node):
-        return [(kernel.name, kernel.op_type, _copy(spec))]
-    return None
+        gemm, col2im = _conv_transpose(spec)
+        main = [(kernel.name, kernel.op_type, kernel.nodes, gemm),
+                (f"{kernel.name}:col2im", kernel.op_type, (), col2im)]
+    elif node.op == "Resize" and _copies_pixels(spec, node):
+        main = [(kernel.name, kernel.op_type, kernel.nodes, _output_pass(spec))]
+    else:
+        main = [(kernel.name, kernel.op_type, kernel.nodes, spec)]
+    return main + separate
 
 
-def _conv_transpose(kernel: Kernel, spec: OpSpec) -> list[tuple[str, str, OpSpec]]:
+def _run_separately(kernel: Kernel, layout: RuntimeLayout, nodes: dict[str, gs.Node],
+                    shapes: dict[str, tuple[int, ...]]) -> list[Part]:
+    """The BN and activation nodes we fuse into `kernel` that onnxruntime runs as passes of
+    their own (`layout.ran` names them), each as an elementwise op of its output's shape
+    (one input, or two where it combines two tensors of that shape)."""
+    out = []
+    for name in kernel.nodes[1:]:
+        op_type = layout.ran.get(name)
+        if op_type is None or op_type in _MAC_OPS:
+            continue
+        node = nodes[name]
+        shape = shapes.get(node.outputs[0].name)
+        if not shape:
+            continue
+        full = sum(1 for t in node.inputs if shapes.get(t.name) == shape)
+        out.append((name, op_type, (name,), _elementwise(nchw(shape), max(1, full))))
+    return out
+
+
+def _conv_transpose(spec: OpSpec) -> tuple[OpSpec, OpSpec]:
+    """(GEMM over the input map, col2im over the output) of a ConvTranspose's spec."""
     columns = spec.cout * spec.kh * spec.kw
     gemm = replace(spec, kind=conv_kind(spec.cin, columns, 1, spec.groups), cout=columns,
                    h_out=spec.h_in, w_out=spec.w_in, kh=1, kw=1, stride=1, act="",
                    n_inputs=1, layout="")
-    col2im = _copy(spec)
-    return [(kernel.name, kernel.op_type, gemm),
-            (f"{kernel.name}:col2im", kernel.op_type, col2im)]
+    return gemm, _output_pass(spec)
 
 
 def _copies_pixels(spec: OpSpec, node: gs.Node) -> bool:
@@ -73,7 +115,12 @@ def _copies_pixels(spec: OpSpec, node: gs.Node) -> bool:
             and str(attrs.get("nearest_mode", "round_prefer_floor")) == "floor")
 
 
-def _copy(spec: OpSpec) -> OpSpec:
-    """One pass over `spec`'s output: an elementwise op of its shape with one input."""
-    return OpSpec("elementwise", n=spec.n, cin=spec.cout, cout=spec.cout, h_in=spec.h_out,
-                  w_in=spec.w_out, h_out=spec.h_out, w_out=spec.w_out, act=spec.act)
+def _output_pass(spec: OpSpec) -> OpSpec:
+    """One pass over `spec`'s output (its activation, if any, applied on the way)."""
+    return _elementwise((spec.n, spec.cout, spec.h_out, spec.w_out), 1, spec.act)
+
+
+def _elementwise(dims: tuple[int, int, int, int], n_inputs: int, act: str = "") -> OpSpec:
+    n, c, h, w = dims
+    return OpSpec("elementwise", n=n, cin=c, cout=c, h_in=h, w_in=w, h_out=h, w_out=w,
+                  n_inputs=n_inputs, act=act)

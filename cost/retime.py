@@ -53,10 +53,11 @@ def retimable(target: Target) -> list[Measurement]:
     return rows
 
 
-def machine_speed(target: Target, ops: int = 150, seed: int = 0, threads: int = 1
-                  ) -> SpeedCheck:
-    """Re-time `ops` of `target`'s measured ops (seeded sample) on this machine."""
-    rows = retimable(target)
+def machine_speed(target: Target, ops: int = 150, seed: int = 0, threads: int = 1,
+                  rows: list[Measurement] | None = None) -> SpeedCheck:
+    """Re-time `ops` of `target`'s measured ops (seeded sample) on this machine (`rows`:
+    what `retimable(target)` returned, when the caller has it already)."""
+    rows = retimable(target) if rows is None else rows
     rng = np.random.default_rng(seed)
     picked = [rows[i] for i in sorted(rng.choice(len(rows), min(ops, len(rows)),
                                                  replace=False))]

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
+from rewriter.cost.measure import Measurement
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
 from rewriter.graph_io import Model, model_from_proto
@@ -158,23 +159,30 @@ def validate(
     so that the models and the ops they are estimated from are compared in one machine
     state; the report keeps the ratio (`speed`)."""
     cases = list(cases)
-    if retime_ops:
-        retimable(target)  # one clear error before minutes of timing, not after
+    # one clear error before minutes of timing, not after
+    rows = retimable(target) if retime_ops else None
     measured = measure_cases(cases, repeats=repeats, rounds=rounds, threads=threads,
                              progress=progress)
     if retime_ops:
-        return validate_retimed(target, cases, measured, retime_ops, threads=threads)
+        return validate_retimed(target, cases, measured, retime_ops, threads=threads,
+                                rows=rows)
     return validate_by(target, cases, lambda _: measured)
 
 
 def validate_retimed(target: Target, cases: Sequence[Case], measured: Sequence[float],
-                     ops: int, *, threads: int = 1) -> ValidationReport:
+                     ops: int, *, threads: int = 1, rows: list[Measurement] | None = None
+                     ) -> ValidationReport:
     """Cases already `measured` (ms) against estimates with `ops` of the target's own ops
     timed again now and its measured kernel times scaled by how fast they run
-    (`cost.retime`); the report keeps the ratio (`speed`)."""
-    speed = machine_speed(target, ops, threads=threads)
+    (`cost.retime`; `rows`: `retimable(target)`, when the caller has it); the report keeps
+    the ratio (`speed`). The target's own speed is restored afterwards."""
+    speed = machine_speed(target, ops, threads=threads, rows=rows)
+    before = target.speed
     target.set_speed(speed.ratio)
-    report = validate_by(target, cases, lambda _: list(measured))
+    try:
+        report = validate_by(target, cases, lambda _: list(measured))
+    finally:
+        target.set_speed(before)
     report.speed = speed
     return report
 

@@ -9,7 +9,7 @@ import pytest
 
 from rewriter.cli import main
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import device_name, measure_specs, write_csv
+from rewriter.cost.measure import Measurement, device_name, measure_specs, write_csv
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.retime import MIN_MS, machine_speed
@@ -38,12 +38,39 @@ def test_ops_of_this_machine_are_retimed_and_scale_the_estimate(here):
     assert check.ops == 2
     # the same ops timed twice on one machine: the same speed within a wide margin
     assert 0.3 < check.ratio < 3.0
-    assert check.spread[0] <= check.ratio <= check.spread[1]
     overhead = target.profile.overhead_s * 1e3
     before = target.kernel(SPECS[0])[0]
     target.set_speed(2.0)
     after = target.kernel(SPECS[0])[0]  # the cache was cleared
     assert after - overhead == pytest.approx(2 * (before - overhead))
+
+
+def test_the_ratio_is_now_over_then(here, monkeypatch):
+    """Ops that run twice as long now as in the CSV give x2 (a machine running slow), and
+    scale the estimate up; rows handed in are the ones re-timed."""
+    import rewriter.cost.retime as retime
+
+    rows = retime.retimable(Target.load(here))
+
+    def slower(specs, **_):
+        times = {r.spec: r.latency_ms for r in rows}
+        return [Measurement(s, 2 * times[s], "", 1, 1) for s in specs]
+
+    monkeypatch.setattr(retime, "measure_specs", slower)
+    check = machine_speed(Target.load(here), ops=3, rows=rows[:2])
+    assert check.ratio == pytest.approx(2.0) and check.ops == 2
+    # validate_retimed estimates at that speed and leaves the target as it found it
+    from rewriter import zoo
+    from rewriter.cost.validate import Case, validate_retimed
+    from rewriter.graph_io import model_from_proto
+
+    target = Target.load(here)
+    model = model_from_proto(zoo.build("mobilenetv2", width=0.35, resolution=32))
+    plain = target.estimate(model).latency_ms
+    report = validate_retimed(target, [Case("m", model)], [1.0], 3, rows=rows)
+    assert report.speed.ratio == pytest.approx(2.0)
+    assert report.rows[0].estimated_ms > 1.5 * plain
+    assert target.speed == 1.0 and target.estimate(model).latency_ms == pytest.approx(plain)
 
 
 def test_what_cannot_be_retimed_is_one_clear_error():
