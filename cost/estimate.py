@@ -19,6 +19,9 @@ from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
 
+# (name, op type, the model's nodes it covers, spec) of one pass a target prices
+Part = tuple[str, str, tuple[str, ...], OpSpec]
+
 @dataclass(frozen=True)
 class KernelEstimate:
     name: str
@@ -84,6 +87,8 @@ class Target:
         # measured kernel times x this: how fast the machine runs now against when its ops
         # were measured (cost.retime), 1 as measured
         self.speed = 1.0
+        # signature -> ms of kernels timed on this machine, used instead of the regressor
+        self._kernel_times: dict[tuple, float] = {}
         if profile.kind == "measured":
             from rewriter.cost.latency import regression_for
 
@@ -111,11 +116,13 @@ class Target:
             elif self._regressor is not None:
                 # Measured kernel time (the profiler's own cost already removed, see
                 # cost.measure), no less than its weights take to stream in when the
-                # profile says they do, plus in-model dispatch.
-                ms = float(self._regressor.predict_ms(spec))
+                # profile says they do, plus in-model dispatch. A kernel timed now
+                # (set_kernel_times) is not scaled by the machine's speed.
+                timed = self._kernel_times.get(key)
+                ms = float(self._regressor.predict_ms(spec)) if timed is None else timed
                 if self._weights_bytes_per_ms:
                     ms = max(ms, spec.weight_bytes / self._weights_bytes_per_ms)
-                ms = ms * self.speed + self.profile.overhead_s * 1e3
+                ms = ms * (self.speed if timed is None else 1.0) + self.profile.overhead_s * 1e3
                 if self.profile.floor_at_peak:
                     ms = max(ms, peak_s(spec, self.profile) * 1e3)
                 hit = (max(ms, self.profile.overhead_s * 1e3), None)
@@ -135,6 +142,20 @@ class Target:
         self.speed = float(ratio)
         self._cache.clear()
 
+    def set_kernel_times(self, times: dict[tuple, float]) -> None:
+        """Price the kernels in `times` (OpSpec.signature() -> ms, each timed as a one-op
+        model on this machine now) by that time instead of the regressor's prediction; the
+        rest of the pricing (weight streaming, dispatch) is unchanged. This separates the
+        regressor's error from what a one-op timing misses of a kernel inside a model
+        (benchmarks/cost_kernels.py); it is no way to score held-out models."""
+        if self._regressor is None:
+            raise ProfileError(f"{self.name}: an analytic target has no measured kernel times")
+        bad = [ms for ms in times.values() if not (ms > 0 and np.isfinite(ms))]
+        if bad:
+            raise ValueError(f"kernel times must be positive numbers, got {bad[0]!r}")
+        self._kernel_times = dict(times)
+        self._cache.clear()
+
     def _reorder_spec(self, spec: OpSpec) -> OpSpec:
         """A layout conversion as measured, or as a copy of the tensor (an elementwise op of
         its size) for measurements that hold no conversions."""
@@ -145,24 +166,29 @@ class Target:
     def kernels_ms(self, kernels: list[Kernel]) -> float:
         return sum(self.kernel(k.spec)[0] for k in kernels)
 
-    def estimate(self, model: Model) -> ModelEstimate:
-        layout = None
-        if self.profile.blocked_layout:
-            from rewriter.cost.layout import onnxruntime_layout
-            from rewriter.cost.onnxruntime_kernels import onnxruntime_parts
+    def parts(self, model: Model) -> list[Part]:
+        """Every pass this target prices for `model`: its kernels (on a `blocked_layout`
+        target, each as onnxruntime runs it, `onnxruntime_parts`) and then the layout
+        conversions onnxruntime inserts."""
+        if not self.profile.blocked_layout:
+            return [(k.name, k.op_type, k.nodes, k.spec) for k in decompose(model)]
+        from rewriter.cost.layout import onnxruntime_layout
+        from rewriter.cost.onnxruntime_kernels import onnxruntime_parts
 
-            layout = onnxruntime_layout(model)
-            nodes = {node.name: node for node in model.graph.nodes}
+        layout = onnxruntime_layout(model)
+        nodes = {node.name: node for node in model.graph.nodes}
+        parts = [part for k in decompose(model)
+                 for part in onnxruntime_parts(k, layout, nodes, model.shapes)]
+        return parts + [(f"reorder:{tensor}", "Reorder", (), self._reorder_spec(spec))
+                        for tensor, spec in layout.reorders]
+
+    def estimate(self, model: Model) -> ModelEstimate:
         ops = []
-        for k in decompose(model):
-            parts = ([(k.name, k.op_type, k.nodes, k.spec)] if layout is None
-                     else onnxruntime_parts(k, layout, nodes, model.shapes))
-            for name, op_type, members, spec in parts:
-                ms, util = self.kernel(spec)
-                ops.append(KernelEstimate(name, op_type, spec.kind, members, ms, util))
-        for tensor, spec in layout.reorders if layout is not None else ():
-            ops.append(KernelEstimate(f"reorder:{tensor}", "Reorder", "reorder", (),
-                                      self.kernel(self._reorder_spec(spec))[0], None))
+        for name, op_type, members, spec in self.parts(model):
+            ms, util = self.kernel(spec)
+            # a conversion stays one whatever it is priced as (`_reorder_spec`)
+            kind = "reorder" if op_type == "Reorder" else spec.kind
+            ops.append(KernelEstimate(name, op_type, kind, members, ms, util))
         mem = memory_stats(model)
         return ModelEstimate(
             target=self.name,

@@ -7,6 +7,11 @@ compared with the estimate: mean absolute percentage error (MAPE), the share of 
 within +-10%, Spearman's rank correlation, and the worst cases. `validate_by` takes any
 other "device" (the ZigZag simulator, `cost.zigzag_models`).
 
+`time_kernels` times every distinct kernel a target prices for the cases as a one-op model
+now; with those times in place of the regressor's (`Target.set_kernel_times`) the estimate
+keeps only what one-op timings miss of a kernel inside a model
+(benchmarks/cost_kernels.py). Nothing is fitted on them.
+
 What the search needs most is the sign of a rewrite's gain: `rewrite_pairs` makes
 (before, after) pairs of a model and its rewrites, and `validate_gains` compares measured
 and estimated gains (`GainReport.sign_agreement`).
@@ -21,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import Measurement
+from rewriter.cost.measure import Measurement, MeasurementError
+from rewriter.cost.opspec import OpSpec
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
 from rewriter.graph_io import Model, model_from_proto
@@ -194,6 +200,29 @@ def validate_by(target: Target, cases: Iterable[Case],
     measured = measure([c.model for c in cases])
     return ValidationReport(target.name, [Row(c.name, ms, target.estimate(c.model).latency_ms)
                                           for c, ms in zip(cases, measured)])
+
+
+def time_kernels(target: Target, cases: Iterable[Case], *, threads: int = 1,
+                 progress: bool = True) -> tuple[dict[tuple, float], list[OpSpec]]:
+    """Every distinct kernel `target` prices for `cases` (`Target.parts`; not those its
+    profile makes free), timed now as a one-op model by `measure_specs`' protocol:
+    (signature -> ms, the specs no one-op model can be built for)."""
+    from rewriter.cost.measure import measure_specs, profiler_floor_ms
+
+    specs: dict[tuple, OpSpec] = {}
+    for case in cases:
+        for *_, spec in target.parts(case.model):
+            if spec.kind not in target.profile.free_kinds:
+                specs.setdefault(spec.signature(), spec)
+    floor = profiler_floor_ms(threads)  # once, not once per kernel
+    times, unbuildable = {}, []
+    for key, spec in tqdm(specs.items(), desc="timing kernels", unit="op", disable=not progress):
+        try:
+            times[key] = measure_specs([spec], threads=threads, progress=False,
+                                       floor_ms=floor)[0].latency_ms
+        except MeasurementError:
+            unbuildable.append(spec)
+    return times, unbuildable
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,20 @@ def test_csv_layout_column_round_trips_and_defaults(tmp_path: Path):
     path.write_text(path.read_text().replace(",nchw,", ",blocked,"))
     with pytest.raises(MeasurementError, match="layout"):
         read_csv(path)
+
+
+def test_the_profiler_floor_is_the_quietest_round(monkeypatch):
+    """A burst of load during one round must not raise the floor that every op of the
+    sitting has removed: the lowest round is kept."""
+    import rewriter.cost.measure as measure
+
+    rounds = iter([0.005, 0.003, 0.004, 0.006, 0.005])
+    calls = []
+
+    def timed(model, *, repeats, threads, **_):
+        calls.append(repeats)
+        return next(rounds)
+
+    monkeypatch.setattr(measure, "time_model", timed)
+    assert measure.profiler_floor_ms(repeats=300) == 0.003
+    assert calls == [300 // measure.FLOOR_ROUNDS] * measure.FLOOR_ROUNDS

@@ -1,0 +1,78 @@
+"""Kernels of real models timed as one-op models now, priced in place of the regressor."""
+
+from __future__ import annotations
+
+import pytest
+
+from rewriter.cost.estimate import Target
+from rewriter.cost.profile import ProfileError
+from rewriter.cost.validate import time_kernels, zoo_cases
+from tests.helpers import edited_profile
+
+
+@pytest.fixture(scope="module")
+def case():
+    return next(c for c in zoo_cases(widths=[0.35], resolutions=[64])
+                if c.name.startswith("mobilenetv3"))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """cpu-ort without the weight-streaming floor: a kernel's price is its time + dispatch."""
+    path = edited_profile(tmp_path_factory.mktemp("plain"), "cpu-ort", "stream_weights = true",
+                          "stream_weights = false")
+    return Target.load(path)
+
+
+@pytest.fixture(scope="module")
+def timed(plain, case):
+    return time_kernels(plain, [case], progress=False)
+
+
+def test_every_kernel_priced_is_timed(plain, case, timed):
+    times, unbuildable = timed
+    priced = {spec.signature() for *_, spec in plain.parts(case.model)}
+    assert not unbuildable
+    assert set(times) == priced
+    assert all(ms > 0 for ms in times.values())
+    # the conversions onnxruntime inserts are priced, and timed, too
+    assert any(key[0] == "reorder" for key in times)
+
+
+def prices(target, case) -> list[float]:
+    # sorted: onnxruntime may list the same conversions in another order from one session
+    # to the next
+    return sorted(op.latency_ms for op in target.estimate(case.model).ops)
+
+
+def test_kernel_times_replace_the_regressor_and_ignore_the_speed(plain, case, timed):
+    times, _ = timed
+    overhead = plain.profile.overhead_s * 1e3
+    parts = plain.parts(case.model)
+    fitted = plain.estimate(case.model).latency_ms
+    try:
+        plain.set_speed(3.0)
+        slow = {spec.signature(): plain.kernel(spec)[0] for *_, spec in parts}
+        plain.set_kernel_times(times)
+        # each pass is its one-op time plus dispatch, whatever the machine's speed
+        assert prices(plain, case) == pytest.approx(
+            sorted(times[spec.signature()] + overhead for *_, spec in parts))
+        # a kernel not timed keeps the regressor's price at the machine's speed
+        untimed = parts[0][-1].signature()
+        plain.set_kernel_times({k: ms for k, ms in times.items() if k != untimed})
+        assert prices(plain, case) == pytest.approx(sorted(
+            slow[key] if key == untimed else times[key] + overhead
+            for key in (spec.signature() for *_, spec in parts)))
+    finally:
+        plain.set_speed(1.0)
+        plain.set_kernel_times({})
+    assert plain.estimate(case.model).latency_ms == pytest.approx(fitted)
+
+
+def test_what_kernel_times_cannot_be():
+    with pytest.raises(ProfileError, match="analytic"):
+        Target.load("npu-p32").set_kernel_times({})
+    target = Target.load("cpu-ort")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            target.set_kernel_times({("conv",): bad})
