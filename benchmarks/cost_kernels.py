@@ -12,7 +12,9 @@ Prints two tables:
 2. whole models, estimated as fitted and with every kernel priced at its one-op time
    (`Target.set_kernel_times`). What the second misses, one-op timings miss inside a
    model; the regressor accounts for the difference between the two.
-Nothing is fitted on these timings, and they never reach the shipped estimator.
+Nothing is fitted on these timings, and they never reach the shipped estimator. Each kernel
+is timed once, as the CSV's ops were: a burst of load on a shared machine shows as a kernel
+table far off everywhere (once here, MAPE 100% on --quick; 25% when run again); run again.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def main() -> int:
     one_op = validate_by(target, cases, lambda _: measured)
 
     print(f"Kernels of the {len(cases)} models priced as fitted, against their one-op times "
-          f"now ({len(unbuildable)} kernels cannot be built alone and keep the fitted price)\n")
+          f"now (kernels no one-op model can be built for, which keep the fitted price: "
+          f"{len(unbuildable)})\n")
     print(kernel_table(fitted, from_times, {key: spec.kind for key, spec in specs.items()}))
     print("\nWhole models\n")
     print(model_table(as_fitted, one_op))

@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import Measurement, MeasurementError
+from rewriter.cost.measure import (Measurement, MeasurementError, measure_specs,
+                                   profiler_floor_ms)
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
@@ -207,8 +208,6 @@ def time_kernels(target: Target, cases: Iterable[Case], *, threads: int = 1,
     """Every distinct kernel `target` prices for `cases` (`Target.parts`; not those its
     profile makes free), timed now as a one-op model by `measure_specs`' protocol:
     (signature -> ms, the specs no one-op model can be built for)."""
-    from rewriter.cost.measure import measure_specs, profiler_floor_ms
-
     specs: dict[tuple, OpSpec] = {}
     for case in cases:
         for *_, spec in target.parts(case.model):
