@@ -14,13 +14,10 @@ import numpy as np
 
 from rewriter.analysis.memory import memory_stats
 from rewriter.cost.analytic import estimate_op, peak_s
-from rewriter.cost.kernels import Kernel, decompose
-from rewriter.cost.opspec import OpSpec
+from rewriter.cost.kernels import Kernel, Part, decompose
+from rewriter.cost.opspec import SPEC_FIELDS, OpSpec
 from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
-
-# (name, op type, the model's nodes it covers, spec) of one pass a target prices
-Part = tuple[str, str, tuple[str, ...], OpSpec]
 
 @dataclass(frozen=True)
 class KernelEstimate:
@@ -119,10 +116,11 @@ class Target:
                 # profile says they do, plus in-model dispatch. A kernel timed now
                 # (set_kernel_times) is not scaled by the machine's speed.
                 timed = self._kernel_times.get(key)
-                ms = float(self._regressor.predict_ms(spec)) if timed is None else timed
+                ms = self.fitted_ms(spec) if timed is None else timed
                 if self._weights_bytes_per_ms:
-                    ms = max(ms, spec.weight_bytes / self._weights_bytes_per_ms)
-                ms = ms * (self.speed if timed is None else 1.0) + self.profile.overhead_s * 1e3
+                    # a rate of the CSV's sitting, so at the machine's speed now
+                    ms = max(ms, spec.weight_bytes / self._weights_bytes_per_ms * self.speed)
+                ms += self.profile.overhead_s * 1e3
                 if self.profile.floor_at_peak:
                     ms = max(ms, peak_s(spec, self.profile) * 1e3)
                 hit = (max(ms, self.profile.overhead_s * 1e3), None)
@@ -142,6 +140,13 @@ class Target:
         self.speed = float(ratio)
         self._cache.clear()
 
+    def fitted_ms(self, spec: OpSpec) -> float:
+        """A measured target's kernel time for `spec` as its regressor predicts it, at the
+        machine's speed (`set_speed`): no dispatch cost, no weight-streaming floor."""
+        if self._regressor is None:
+            raise ProfileError(f"{self.name}: an analytic target has no fitted kernel times")
+        return float(self._regressor.predict_ms(spec)) * self.speed
+
     def set_kernel_times(self, times: dict[tuple, float]) -> None:
         """Price the kernels in `times` (OpSpec.signature() -> ms, each timed as a one-op
         model on this machine now) by that time instead of the regressor's prediction; the
@@ -153,6 +158,11 @@ class Target:
         bad = [ms for ms in times.values() if not (ms > 0 and np.isfinite(ms))]
         if bad:
             raise ValueError(f"kernel times must be positive numbers, got {bad[0]!r}")
+        for key in times:
+            try:  # a misspelt key would never be looked up
+                OpSpec(**dict(zip(SPEC_FIELDS, key, strict=True)))
+            except (TypeError, ValueError):
+                raise ValueError(f"not an OpSpec signature: {key!r}") from None
         self._kernel_times = dict(times)
         self._cache.clear()
 

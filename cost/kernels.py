@@ -35,6 +35,10 @@ class Kernel:
     spec: OpSpec
 
 
+# (name, op type, the model's nodes it covers, spec) of one pass a target prices
+Part = tuple[str, str, tuple[str, ...], OpSpec]
+
+
 def nchw(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """(n, c, h, w) of a tensor shape: a 3-D one has no w, a 2-D one no map, a 1-D one is
     channels."""

@@ -41,12 +41,10 @@ from dataclasses import replace
 
 import onnx_graphsurgeon as gs
 
-from rewriter.cost.kernels import Kernel, nchw
+from rewriter.cost.kernels import Kernel, Part, nchw
 from rewriter.cost.layout import RuntimeLayout
 from rewriter.cost.opspec import OpSpec, conv_kind
 
-# (name, op type, the model's nodes it covers, spec) of one pass onnxruntime runs
-Part = tuple[str, str, tuple[str, ...], OpSpec]
 # ops onnxruntime fuses an activation into: one we fuse after them and it names runs inside
 _MAC_OPS = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 

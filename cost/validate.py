@@ -26,8 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import (Measurement, MeasurementError, measure_specs,
-                                   profiler_floor_ms)
+from rewriter.cost.measure import Measurement, MeasurementError, measure_specs, one_op_model
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
@@ -207,21 +206,23 @@ def time_kernels(target: Target, cases: Iterable[Case], *, threads: int = 1,
                  progress: bool = True) -> tuple[dict[tuple, float], list[OpSpec]]:
     """Every distinct kernel `target` prices for `cases` (`Target.parts`; not those its
     profile makes free), timed now as a one-op model by `measure_specs`' protocol:
-    (signature -> ms, the specs no one-op model can be built for)."""
+    (signature -> ms, the specs no one-op model can be built for). A ProfileError (one
+    line) for a target whose ops were not measured on this machine."""
+    retimable(target)
     specs: dict[tuple, OpSpec] = {}
     for case in cases:
         for *_, spec in target.parts(case.model):
             if spec.kind not in target.profile.free_kinds:
                 specs.setdefault(spec.signature(), spec)
-    floor = profiler_floor_ms(threads)  # once, not once per kernel
-    times, unbuildable = {}, []
-    for key, spec in tqdm(specs.items(), desc="timing kernels", unit="op", disable=not progress):
+    buildable, unbuildable = [], []
+    for spec in specs.values():
         try:
-            times[key] = measure_specs([spec], threads=threads, progress=False,
-                                       floor_ms=floor)[0].latency_ms
+            one_op_model(spec)
+            buildable.append(spec)
         except MeasurementError:
             unbuildable.append(spec)
-    return times, unbuildable
+    rows = measure_specs(buildable, threads=threads, progress=progress)
+    return {row.spec.signature(): row.latency_ms for row in rows}, unbuildable
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rewriter.cost.estimate import Target
+from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.validate import time_kernels, zoo_cases
 from tests.helpers import edited_profile
@@ -69,10 +70,29 @@ def test_kernel_times_replace_the_regressor_and_ignore_the_speed(plain, case, ti
     assert plain.estimate(case.model).latency_ms == pytest.approx(fitted)
 
 
+def test_a_timed_kernel_still_streams_its_weights():
+    """cpu-ort floors a kernel at its weights' streaming time, timed or not, at the
+    machine's speed: that rate is the CSV's."""
+    target = Target.load("cpu-ort")
+    gemm = OpSpec("gemm", cin=1280, cout=1000)
+    overhead = target.profile.overhead_s * 1e3
+    target.set_kernel_times({gemm.signature(): 1e-6})
+    streamed = target.kernel(gemm)[0] - overhead
+    assert streamed > 0.01  # 5 MB of weights: tens of microseconds, not a nanosecond
+    target.set_speed(2.0)
+    assert target.kernel(gemm)[0] - overhead == pytest.approx(2 * streamed)
+
+
 def test_what_kernel_times_cannot_be():
     with pytest.raises(ProfileError, match="analytic"):
         Target.load("npu-p32").set_kernel_times({})
     target = Target.load("cpu-ort")
+    key = OpSpec("conv1x1", cin=8, cout=8).signature()
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="positive"):
-            target.set_kernel_times({("conv",): bad})
+            target.set_kernel_times({key: bad})
+    for bad_key in (("conv",), ("no-such-kind", *key[1:])):
+        with pytest.raises(ValueError, match="signature"):
+            target.set_kernel_times({bad_key: 1.0})
+    with pytest.raises(ProfileError, match="not on this machine|only a measured"):
+        time_kernels(Target.load("tpu-zz"), [], progress=False)
