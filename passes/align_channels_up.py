@@ -9,7 +9,9 @@ nothing whatever they carry. Followers in between get harmless parameters: BN sc
 shift 0, mean 0, var 1; a depthwise conv k zero filters and group + k; a per-channel
 constant in Mul/Div 1, in Add/Sub 0. Inside a Concat the new channels sit at the end of
 the group's slice, and consumers of the concatenation get their zero weights there.
-Groups reaching a model output are frozen, so the model's outputs keep their shapes.
+Groups reaching a model output are frozen, so the model's outputs keep their shapes; a
+group something divides by, or raises to a power that is not positive, is left as it is
+(an added 0 would be infinite there), though it may still be pruned.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from rewriter.analysis.channels import channel_groups, channel_params, output_rank
+from rewriter.analysis.channels import ChannelGroup, channel_groups, channel_params, output_rank
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value
 from rewriter.passes.base import Namer, Pass, Site, constant, finish
-from rewriter.passes.prune import prunable
+from rewriter.passes.prune import paddable, prunable
 
 
 def _insert(values: np.ndarray, axis: int, at: int, count: int, fill: float) -> np.ndarray:
@@ -42,6 +44,11 @@ class AlignChannels(Pass):
     verb: ClassVar[str]  # how the site's description names the change
     consumers_note: ClassVar[str] = "consumers"
 
+    @staticmethod
+    def changeable(group: ChannelGroup) -> bool:
+        """Whether the pass may change `group`'s channel count (shrinking: `prunable`)."""
+        return prunable(group)
+
     def __init__(self, multiple: int = 32) -> None:
         if multiple < 2:
             raise BadInputError(f"--multiple must be at least 2, not {multiple}")
@@ -54,7 +61,7 @@ class AlignChannels(Pass):
     def sites(self, model: Model) -> list[Site]:
         found = []
         for group in channel_groups(model):
-            if not prunable(group):
+            if not self.changeable(group):
                 continue
             if self.target(group.channels) == group.channels:
                 continue
@@ -74,6 +81,10 @@ class AlignChannelsUp(AlignChannels):
     summary = "zero-pad a coupled channel group up to a multiple of P"
     verb = "pad"
 
+    @staticmethod
+    def changeable(group: ChannelGroup) -> bool:
+        return paddable(group)
+
     def target(self, channels: int) -> int:
         return -(-channels // self.multiple) * self.multiple
 
@@ -82,7 +93,7 @@ class AlignChannelsUp(AlignChannels):
         # a copy, found by name.
         groups = {g.id: g for g in channel_groups(model)}
         group = groups.get(site.id)
-        if group is None or not prunable(group):
+        if group is None or not paddable(group):
             raise BadInputError(f"channel group {site.id} is gone, frozen or has no producer")
         pad = self.target(group.channels) - group.channels
         new = model.copy()

@@ -40,6 +40,11 @@ def prunable(group: ChannelGroup) -> bool:
     return not group.is_frozen and bool(group.by_role("producer"))
 
 
+def paddable(group: ChannelGroup) -> bool:
+    """A group that may gain channels: prunable, and nothing is infinite at 0 on them."""
+    return prunable(group) and group.can_pad
+
+
 def importance(model: Model, group: ChannelGroup) -> np.ndarray:
     """Per-channel importance of `group`: producers' filter L1 norms plus BN |gamma|."""
     score = np.zeros(group.channels)

@@ -235,7 +235,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     others = len(result.blocks) - len(ibns)
     print(f"conv -> BN -> act chains outside them: {others}")
     free = [g for g in result.groups if not g.is_frozen]
-    print(f"\nchannel groups: {len(result.groups)} ({len(free)} free, "
+    shrink_only = sum(not g.can_pad for g in free)
+    print(f"\nchannel groups: {len(result.groups)} ({len(free)} free"
+          f"{f', {shrink_only} of them may only shrink' if shrink_only else ''}, "
           f"{len(result.groups) - len(free)} frozen)")
     print("\nsites   " + ", ".join(f"{k} {v}" for k, v in result.sites.items())
           + f"   (align at P={args.multiple})")

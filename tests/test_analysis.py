@@ -112,8 +112,8 @@ def test_analyse_json_shape():
 
 
 def _group_of_33_through(op: str, inputs: list[str], constant: float):
-    """The 33-channel group of conv 8->33, `op` over `inputs` (its output "y"; the scalar
-    initializer "k" = `constant`), conv 33->8."""
+    """A model conv 8->33, `op` over `inputs` (its output "y"; the scalar initializer "k" =
+    `constant`), conv 33->8, and its 33-channel group."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -127,24 +127,43 @@ def _group_of_33_through(op: str, inputs: list[str], constant: float):
         nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
     model = load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
-    return next(g for g in channel_groups(model) if g.channels == 33)
+    return model, next(g for g in channel_groups(model) if g.channels == 33)
 
 
-@pytest.mark.parametrize("divisor_is_the_group, frozen", [(True, True), (False, False)])
-def test_a_group_that_divides_is_frozen(divisor_is_the_group, frozen):
+@pytest.mark.parametrize("divisor_is_the_group, pad_frozen", [(True, True), (False, False)])
+def test_a_group_that_divides_may_only_shrink(divisor_is_the_group, pad_frozen):
     """Padding puts 0 on an added channel; 1 / 0 is inf, and a consumer's zero weight times
-    inf is NaN, so no channel rewrite may touch a group something is divided by."""
-    group = _group_of_33_through("Div", ["k", "y"] if divisor_is_the_group else ["y", "k"], 2.0)
-    assert group.is_frozen == frozen
-    if frozen:
-        assert any("divides by the group" in reason for reason in group.frozen)
+    inf is NaN, so a group something is divided by gains no channel. Removing some adds no
+    zero: it may still be pruned."""
+    model, group = _group_of_33_through(
+        "Div", ["k", "y"] if divisor_is_the_group else ["y", "k"], 2.0)
+    assert not group.is_frozen and group.can_pad != pad_frozen
+    assert any("divides by the group" in reason for reason in group.pad_frozen) == pad_frozen
+    _check_aligning(model, group, pad_frozen)
 
 
-@pytest.mark.parametrize("exponent, frozen", [(-1.0, True), (2.0, False)])
-def test_a_group_raised_to_a_negative_power_is_frozen(exponent, frozen):
+@pytest.mark.parametrize("exponent, pad_frozen", [(-1.0, True), (2.0, False)])
+def test_a_group_raised_to_a_negative_power_may_only_shrink(exponent, pad_frozen):
     """0 ** -1 is inf as well: a Pow of the group's channels by a power that is not
-    positive freezes it; a positive one leaves it free."""
-    group = _group_of_33_through("Pow", ["y", "k"], exponent)
-    assert group.is_frozen == frozen
-    if frozen:
-        assert any("not finite at 0" in reason for reason in group.frozen)
+    positive forbids padding it; a positive one leaves it free."""
+    model, group = _group_of_33_through("Pow", ["y", "k"], exponent)
+    assert not group.is_frozen and group.can_pad != pad_frozen
+    assert any("not finite at 0" in reason for reason in group.pad_frozen) == pad_frozen
+    _check_aligning(model, group, pad_frozen)
+
+
+def _check_aligning(model, group, pad_frozen: bool) -> None:
+    """align-channels-up pads the group unless it may only shrink; align-channels-down
+    prunes it either way, to a model that runs and stays finite."""
+    from rewriter.passes import get_pass
+    from rewriter.runtime import run_model
+    from rewriter.verify import make_inputs
+
+    up = get_pass("align-channels-up", 32).sites(model)
+    assert [s.id for s in up] == ([] if pad_frozen else [group.id])
+    down = get_pass("align-channels-down", 32)
+    (site,) = down.sites(model)
+    assert site.id == group.id and site.detail["to"] == 32
+    pruned = down.apply(model, site)
+    outputs = run_model(pruned.to_onnx(), make_inputs(pruned, seed=1))
+    assert all(np.isfinite(v).all() for v in outputs.values())

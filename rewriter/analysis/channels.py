@@ -12,6 +12,9 @@ A group is frozen (no channel rewrite may touch it) when it reaches a model inpu
 output, is read by an op whose channel semantics are unknown here (Reshape that mixes
 channels into other axes, Shape, Softmax, Split, ...), runs through a grouped conv or a
 depthwise conv with a channel multiplier, or meets a composite space in an elementwise op.
+A group may lose channels but gain none (`pad_frozen`) when an added channel, which carries
+0, would make something infinite: a Div by the group, a Pow of it by a power that is not
+positive.
 """
 
 from __future__ import annotations
@@ -110,10 +113,16 @@ class ChannelGroup:
     tensors: list[str]
     members: list[Member] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
+    # why no channel may be added (removing some is still fine): see the module docstring
+    pad_frozen: list[str] = field(default_factory=list)
 
     @property
     def is_frozen(self) -> bool:
         return bool(self.frozen)
+
+    @property
+    def can_pad(self) -> bool:
+        return not self.frozen and not self.pad_frozen
 
     def by_role(self, role: str) -> list[Member]:
         return [m for m in self.members if m.role == role]
@@ -123,6 +132,7 @@ class ChannelGroup:
             "id": self.id,
             "channels": self.channels,
             "frozen": self.frozen,
+            "pad_frozen": self.pad_frozen,
             "producers": [m.node for m in self.by_role("producer")],
             "consumers": [m.node for m in self.by_role("consumer")],
             "followers": [m.node for m in self.by_role("follower")],
@@ -158,6 +168,7 @@ class _Analysis:
         self.layout: dict[str, list[Segment]] = {}
         self.members: list[tuple[str, Member]] = []  # (tensor of the group, member)
         self.frozen: list[tuple[str, str]] = []  # (tensor, reason)
+        self.pad_frozen: list[tuple[str, str]] = []  # (tensor, reason): no channel added
 
     # -- helpers -----------------------------------------------------------------------
     def channels(self, tensor: gs.Tensor) -> int | None:
@@ -180,9 +191,9 @@ class _Analysis:
         if len(self.layout[dst.name]) == 1:
             self.uf.union(self.layout[dst.name][0][0], dst.name)
 
-    def freeze(self, tensor: gs.Tensor, reason: str) -> None:
+    def freeze(self, tensor: gs.Tensor, reason: str, padding_only: bool = False) -> None:
         for name, _ in self.space(tensor):
-            self.frozen.append((name, reason))
+            (self.pad_frozen if padding_only else self.frozen).append((name, reason))
 
     def add(self, tensor: gs.Tensor, node: gs.Node, role: str, index: int = 0) -> None:
         offset = 0
@@ -336,12 +347,14 @@ class _Analysis:
                 self.freeze(y, f"{node.op} {node.name} has a constant of shape {value.shape}")
         # An added channel carries 0 (or act(0)); dividing by it, or raising it to a power
         # that is not positive, is not finite, and a consumer's zero weight times inf is NaN.
+        # Removing channels adds no such value.
         if node.op == "Div" and any(node.inputs[1] is t for t in coupled):
-            self.freeze(y, f"Div {node.name} divides by the group's channels")
+            self.freeze(y, f"Div {node.name} divides by the group's channels",
+                        padding_only=True)
         elif (node.op == "Pow" and any(node.inputs[0] is t for t in coupled)
               and not _positive_constant(node.inputs[1])):
             self.freeze(y, f"Pow {node.name} raises the group's channels to a power that is "
-                           "not finite at 0")
+                           "not finite at 0", padding_only=True)
 
 
 def _positive_constant(tensor) -> bool:
@@ -385,10 +398,11 @@ def analyse_channels(model: Model) -> ChannelAnalysis:
         group = groups[uf.find(name)]
         if member not in group.members:
             group.members.append(member)
-    for name, reason in state.frozen:
-        group = groups[uf.find(name)]
-        if reason not in group.frozen:
-            group.frozen.append(reason)
+    for frozen, attribute in ((state.frozen, "frozen"), (state.pad_frozen, "pad_frozen")):
+        for name, reason in frozen:
+            reasons = getattr(groups[uf.find(name)], attribute)
+            if reason not in reasons:
+                reasons.append(reason)
     result = []
     used: set[str] = set()
     for root, group in groups.items():
