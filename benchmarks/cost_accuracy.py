@@ -41,13 +41,14 @@ def main() -> int:
         parser.error(f"{err} (--retime-ops 0 skips re-timing)")
     cases = zoo_cases(quick=args.quick) + paddleocr_cases()
     measured = measure_cases(cases, progress=sys.stderr.isatty())
-    fitted = validate_by(target, cases, lambda _: measured)
+    parts = [target.parts(c.model) for c in cases]  # priced twice below
+    fitted = validate_by(target, cases, lambda _: measured, parts)
     print("Estimates as fitted\n")
     print(fitted.text(worst=5))
     if args.retime_ops:
         print("\nEstimates with the ops re-timed now\n")
-        print(validate_retimed(target, cases, measured, args.retime_ops, rows=rows)
-              .text(worst=5))
+        print(validate_retimed(target, cases, measured, args.retime_ops, rows=rows,
+                               parts=parts).text(worst=5))
     return 0
 
 

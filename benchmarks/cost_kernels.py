@@ -29,7 +29,6 @@ import numpy as np
 
 from rewriter.cost.estimate import Target
 from rewriter.cost.measure import read_csv
-from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.retime import retimable
 from rewriter.cost.validate import (ValidationReport, measure_cases, paddleocr_cases,
@@ -73,18 +72,19 @@ def main() -> int:
     progress = sys.stderr.isatty()
     cases = zoo_cases(quick=args.quick) + paddleocr_cases()
     measured = measure_cases(cases, progress=progress)
-    times, unbuildable = time_kernels(target, cases, progress=progress)
-    specs = {key: OpSpec(*key) for key in times}
-    fitted = {key: target.fitted_ms(spec) for key, spec in specs.items()}
-    as_fitted = validate_by(target, cases, lambda _: measured)
+    parts = [target.parts(c.model) for c in cases]  # timed, then priced twice
+    specs = {spec.signature(): spec for p in parts for *_, spec in p}
+    times, unbuildable = time_kernels(target, specs.values(), progress=progress)
+    fitted = {key: target.fitted_ms(specs[key]) for key in times}
+    as_fitted = validate_by(target, cases, lambda _: measured, parts)
     target.set_kernel_times(times)
-    one_op = validate_by(target, cases, lambda _: measured)
+    one_op = validate_by(target, cases, lambda _: measured, parts)
     rows = {row.spec.signature() for row in read_csv(target.profile.measurements)}
 
     print(f"Kernels of the {len(cases)} models, the regressor's times against their one-op "
           f"times now ({len(set(times) & rows)} of the {len(times)} are also CSV rows; "
           f"{len(unbuildable)} cannot be built alone and keep the fitted price)\n")
-    print(kernel_table(fitted, times, {key: spec.kind for key, spec in specs.items()}))
+    print(kernel_table(fitted, times, {key: specs[key].kind for key in times}))
     print("\nWhole models\n")
     print(model_table(as_fitted, one_op))
     for label, report in (("as fitted", as_fitted), ("one-op times", one_op)):

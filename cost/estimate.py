@@ -8,16 +8,19 @@ shares most kernels with the last one costs a few dictionary look-ups.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 import numpy as np
 
 from rewriter.analysis.memory import memory_stats
 from rewriter.cost.analytic import estimate_op, peak_s
-from rewriter.cost.kernels import Kernel, Part, decompose
+from rewriter.cost.kernels import Part, decompose
 from rewriter.cost.opspec import SPEC_FIELDS, OpSpec
 from rewriter.cost.profile import HardwareProfile, ProfileError, load_profile
 from rewriter.graph_io import Model
+
 
 @dataclass(frozen=True)
 class KernelEstimate:
@@ -173,8 +176,10 @@ class Target:
             return spec
         return replace(spec, kind="elementwise", layout="")
 
-    def kernels_ms(self, kernels: list[Kernel]) -> float:
-        return sum(self.kernel(k.spec)[0] for k in kernels)
+    def total_ms(self, specs: Iterable[OpSpec]) -> float:
+        """The summed prices of `specs`: with a model's `parts`, its estimated latency
+        without asking onnxruntime for its layout again."""
+        return sum(self.kernel(spec)[0] for spec in specs)
 
     def parts(self, model: Model) -> list[Part]:
         """Every pass this target prices for `model`: its kernels (on a `blocked_layout`

@@ -7,8 +7,8 @@ compared with the estimate: mean absolute percentage error (MAPE), the share of 
 within +-10%, Spearman's rank correlation, and the worst cases. `validate_by` takes any
 other "device" (the ZigZag simulator, `cost.zigzag_models`).
 
-`time_kernels` times every distinct kernel a target prices for the cases as a one-op model
-now; with those times in place of the regressor's (`Target.set_kernel_times`) the estimate
+`time_kernels` times every distinct kernel a target prices (`Target.parts`) as a one-op
+model now; with those times in place of the regressor's (`Target.set_kernel_times`) the estimate
 keeps only what one-op timings miss of a kernel inside a model
 (benchmarks/cost_kernels.py). Nothing is fitted on them.
 
@@ -26,11 +26,14 @@ import numpy as np
 from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import Measurement, MeasurementError, measure_specs, one_op_model
+from rewriter.cost.kernels import Part
+from rewriter.cost.measure import (Measurement, MeasurementError, measure_specs, one_op_model,
+                                   session_wall_time)
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
 from rewriter.graph_io import Model, model_from_proto
+from rewriter.runtime import session
 from rewriter.tables import table
 from rewriter.verify import make_inputs
 
@@ -131,9 +134,6 @@ def measure_cases(cases: Sequence[Case], *, repeats: int = 30, rounds: int = 3,
     rounds (all models, then all again) and the lowest round median is kept, so a burst of
     load on a shared machine spoils one round of one model rather than its only
     measurement."""
-    from rewriter.cost.measure import session_wall_time
-    from rewriter.runtime import session
-
     # one session per model for all rounds; onnxruntime infers the shapes it needs
     sessions = [session(c.model.to_onnx(infer_shapes=False), threads) for c in cases]
     feeds = [c.feeds or make_inputs(c.model, batch=1) for c in cases]
@@ -176,17 +176,18 @@ def validate(
 
 
 def validate_retimed(target: Target, cases: Sequence[Case], measured: Sequence[float],
-                     ops: int, *, threads: int = 1, rows: list[Measurement] | None = None
-                     ) -> ValidationReport:
+                     ops: int, *, threads: int = 1, rows: list[Measurement] | None = None,
+                     parts: Sequence[Sequence[Part]] | None = None) -> ValidationReport:
     """Cases already `measured` (ms) against estimates with `ops` of the target's own ops
     timed again now and its measured kernel times scaled by how fast they run
-    (`cost.retime`; `rows`: `retimable(target)`, when the caller has it); the report keeps
-    the ratio (`speed`). The target's own speed is restored afterwards."""
+    (`cost.retime`; `rows`: `retimable(target)`, when the caller has it; `parts`: as for
+    `validate_by`); the report keeps the ratio (`speed`). The target's own speed is
+    restored afterwards."""
     speed = machine_speed(target, ops, threads=threads, rows=rows)
     before = target.speed
     target.set_speed(speed.ratio)
     try:
-        report = validate_by(target, cases, lambda _: list(measured))
+        report = validate_by(target, cases, lambda _: list(measured), parts)
     finally:
         target.set_speed(before)
     report.speed = speed
@@ -194,28 +195,30 @@ def validate_retimed(target: Target, cases: Sequence[Case], measured: Sequence[f
 
 
 def validate_by(target: Target, cases: Iterable[Case],
-                measure: Callable[[list[Model]], list[float]]) -> ValidationReport:
-    """Whole models "measured" by `measure` (all at once, so it can batch its work)."""
+                measure: Callable[[list[Model]], list[float]],
+                parts: Sequence[Sequence[Part]] | None = None) -> ValidationReport:
+    """Whole models "measured" by `measure` (all at once, so it can batch its work).
+    `parts`: each case's `target.parts`, when the caller prices the cases more than once
+    (on a `blocked_layout` target each costs an onnxruntime session)."""
     cases = list(cases)
     measured = measure([c.model for c in cases])
-    return ValidationReport(target.name, [Row(c.name, ms, target.estimate(c.model).latency_ms)
-                                          for c, ms in zip(cases, measured)])
+    estimated = ([target.estimate(c.model).latency_ms for c in cases] if parts is None
+                 else [target.total_ms(spec for *_, spec in p) for p in parts])
+    return ValidationReport(target.name, [Row(c.name, ms, est) for c, ms, est
+                                          in zip(cases, measured, estimated)])
 
 
-def time_kernels(target: Target, cases: Iterable[Case], *, threads: int = 1,
+def time_kernels(target: Target, specs: Iterable[OpSpec], *, threads: int = 1,
                  progress: bool = True) -> tuple[dict[tuple, float], list[OpSpec]]:
-    """Every distinct kernel `target` prices for `cases` (`Target.parts`; not those its
-    profile makes free), timed now as a one-op model by `measure_specs`' protocol:
-    (signature -> ms, the specs no one-op model can be built for). A ProfileError (one
-    line) for a target whose ops were not measured on this machine."""
+    """Every distinct kernel of `specs` (those `Target.parts` gives a target to price; not
+    those its profile makes free), timed now as a one-op model by `measure_specs`'
+    protocol: (signature -> ms, the specs no one-op model can be built for). A
+    ProfileError (one line) for a target whose ops were not measured on this machine."""
     retimable(target)
-    specs: dict[tuple, OpSpec] = {}
-    for case in cases:
-        for *_, spec in target.parts(case.model):
-            if spec.kind not in target.profile.free_kinds:
-                specs.setdefault(spec.signature(), spec)
+    distinct = {spec.signature(): spec for spec in specs
+                if spec.kind not in target.profile.free_kinds}
     buildable, unbuildable = [], []
-    for spec in specs.values():
+    for spec in distinct.values():
         try:
             one_op_model(spec)
             buildable.append(spec)

@@ -27,7 +27,7 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def timed(plain, case):
-    return time_kernels(plain, [case], progress=False)
+    return time_kernels(plain, [spec for *_, spec in plain.parts(case.model)], progress=False)
 
 
 def test_every_kernel_priced_is_timed(plain, case, timed):
@@ -96,3 +96,15 @@ def test_what_kernel_times_cannot_be():
             target.set_kernel_times({bad_key: 1.0})
     with pytest.raises(ProfileError, match="not on this machine|only a measured"):
         time_kernels(Target.load("tpu-zz"), [], progress=False)
+
+
+def test_models_priced_from_their_parts_are_estimated_alike(plain, case):
+    """validate_by with each case's parts (no onnxruntime layout session per pricing) gives
+    the estimate's own latency."""
+    from rewriter.cost.validate import validate_by
+
+    parts = [plain.parts(case.model)]
+    report = validate_by(plain, [case], lambda _: [1.0], parts)
+    assert report.rows[0].estimated_ms == pytest.approx(plain.estimate(case.model).latency_ms)
+    assert report.rows[0].estimated_ms == pytest.approx(
+        plain.total_ms(spec for *_, spec in parts[0]))
