@@ -2,9 +2,14 @@
 
 Loading normalises what exporters produce so that passes see one shape of graph:
 Constant nodes become initializers, constant sub-expressions (a Reshape of a constant
-bias, say) are folded, every node gets a unique name, and the graph is topologically
-sorted. Symbolic dims stay symbolic: analysis runs on concrete shapes (batch 1 unless the
-user says otherwise), but the model that is written keeps the symbolic batch.
+bias, say) are folded, exporter idioms are rewritten into the canonical form
+(rewriter.canonical: zero spatial Pads folded into conv pads, Identity and Dropout
+removed, per-channel Mul/Add after a conv folded into it), every node gets a unique name,
+and the graph is topologically sorted. A model whose graph outputs carry no type (which
+onnxruntime runs, but onnx.checker refuses) gets their types from shape inference. What
+loading normalised is listed in `Model.canonical_notes`. Symbolic dims stay symbolic:
+analysis runs on concrete shapes (batch 1 unless the user says otherwise), but the model
+that is written keeps the symbolic batch.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
+from rewriter.canonical import canonicalize
 from rewriter.changes import ArchitectureChanges
 from rewriter.errors import BadInputError, UnsupportedError
 
@@ -74,6 +80,8 @@ class Model:
     source: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     changes: ArchitectureChanges = field(default_factory=ArchitectureChanges)
+    # what loading normalised (rewriter.canonical, lenient loading), for the user to read
+    canonical_notes: list[str] = field(default_factory=list)
     _shapes: dict[str, Shape] | None = field(default=None, repr=False)
 
     # -- structure -------------------------------------------------------------------
@@ -89,6 +97,7 @@ class Model:
             source=self.source,
             metadata=dict(self.metadata),
             changes=self.changes.copy(),
+            canonical_notes=list(self.canonical_notes),
         )
 
     def node(self, name: str) -> gs.Node:
@@ -231,11 +240,21 @@ def model_from_proto(
     where = source or "model"
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise BadInputError(f"{where} is not an ONNX model (no graph or no nodes)")
+    notes: list[str] = []
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"{where} is not a valid ONNX model: {first}") from None
+        # Only a model the checker refuses gets its output types filled in, so a valid
+        # model loads exactly as it is.
+        proto, notes = _fill_output_types(proto)
+        try:
+            if not notes:
+                raise exc
+            onnx.checker.check_model(proto)
+        except Exception as error:
+            first = (str(error).strip().splitlines()[0] if str(error).strip()
+                     else type(error).__name__)
+            raise BadInputError(f"{where} is not a valid ONNX model: {first}") from None
     _check_supported(proto, where)
 
     graph = gs.import_onnx(proto)
@@ -244,6 +263,10 @@ def model_from_proto(
         graph.fold_constants(error_ok=True)
     except Exception:  # folding is an optimisation; an unfoldable graph still loads
         pass
+    # Folding leaves dead constant subgraphs; drop them so that canonicalize sees only the
+    # readers that remain.
+    graph.cleanup(remove_unused_graph_inputs=False)
+    notes.extend(canonicalize(graph))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     _name_nodes(graph)
 
@@ -253,9 +276,81 @@ def model_from_proto(
         ir_version=proto.ir_version,
         source=source,
         metadata={p.key: p.value for p in proto.metadata_props},
+        canonical_notes=notes,
     )
     model.input_shapes = _resolve_input_shapes(graph, dict(input_shapes or {}))
     return model
+
+
+def _output_type_missing(vi: onnx.ValueInfoProto) -> bool:
+    if not vi.HasField("type"):
+        return True
+    if vi.type.HasField("tensor_type"):
+        tt = vi.type.tensor_type
+        return tt.elem_type == onnx.TensorProto.UNDEFINED or not tt.HasField("shape")
+    return False
+
+
+def _fill_output_types(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Give graph outputs that lack a type (or its elem_type or shape) the type shape
+    inference finds, else float32 of unknown shape; returns a copy when it changes any.
+
+    onnxruntime runs such models (it infers output types itself), some exporters write
+    them, and onnx.checker refuses them ("Field 'shape' of 'type' is required but
+    missing"); the type is declaration, not computation, so filling it in is safe.
+    """
+    missing = [vi.name for vi in proto.graph.output if _output_type_missing(vi)]
+    if not missing:
+        return proto, []
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    found: dict[str, onnx.TypeProto] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed)
+        for vi in list(inferred.graph.output) + list(inferred.graph.value_info):
+            if vi.name in missing and not _output_type_missing(vi):
+                found.setdefault(vi.name, vi.type)
+    except Exception:  # the fallback below still lets the checker judge the rest
+        pass
+    unresolved = [n for n in missing if n not in found]
+    ranks = _onnxruntime_output_shapes(fixed) if unresolved else {}
+    guessed = []
+    for vi in fixed.graph.output:
+        if vi.name not in missing:
+            continue
+        if vi.name in found:
+            vi.type.CopyFrom(found[vi.name])
+            continue
+        guessed.append(vi.name)
+        tt = vi.type.tensor_type
+        if tt.elem_type == onnx.TensorProto.UNDEFINED:
+            tt.elem_type = onnx.TensorProto.FLOAT
+        if not tt.HasField("shape") and vi.name in ranks:
+            # The checker wants a shape field; its dims may all be unknown.
+            tt.shape.SetInParent()
+            for dim in ranks[vi.name]:
+                entry = tt.shape.dim.add()
+                if isinstance(dim, int):
+                    entry.dim_value = dim
+                elif isinstance(dim, str):
+                    entry.dim_param = dim
+    note = (f"filled in the missing type of graph output{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(n) for n in missing)} from shape inference")
+    if guessed:
+        note += (f" (inference failed for {', '.join(repr(n) for n in guessed)}: float32, "
+                 "shape as onnxruntime declares it)")
+    return fixed, [note]
+
+
+def _onnxruntime_output_shapes(proto: onnx.ModelProto) -> dict[str, list[object]]:
+    """Output shapes as an onnxruntime session declares them (ints, names, None), or {}."""
+    try:
+        from rewriter.runtime import session
+
+        return {o.name: list(o.shape) for o in session(proto, optimize=False).get_outputs()
+                if isinstance(o.shape, list)}
+    except Exception:  # then the checker has the last word
+        return {}
 
 
 def _check_supported(proto: onnx.ModelProto, where: str) -> None:

@@ -8,6 +8,9 @@ a group per slice, each consumer of the result reading the slice at an offset. A
 that changes a channel count edits a whole group: its producers' filters, its followers'
 per-channel parameters, its consumers' input weights.
 
+A Pad of the spatial axes only (any mode, any value) keeps channels in place, like pooling;
+a Pad of the batch or channel axis freezes.
+
 A group is frozen (no channel rewrite may touch it) when it reaches a model input or
 output, is read by an op whose channel semantics are unknown here (Reshape that mixes
 channels into other axes, Shape, Softmax, Split, ...), runs through a grouped conv or a
@@ -222,6 +225,11 @@ class _Analysis:
             self._concat(node)
         elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
             self._reshape(node)
+        elif op == "Pad" and data and outs and _pads_only_spatial(
+                node, len(self.shapes.get(node.inputs[0].name, ()))):
+            # Padding H/W (in any mode, with any value) keeps every channel in place; a
+            # channel added to the group is read with zero weight wherever it goes.
+            self.same(node.inputs[0], outs[0])
         elif op in PASS_THROUGH and len(data) == 1 and outs:
             if self.channels(outs[0]) != self.channels(data[0]):
                 self.freeze(data[0], f"{op} {node.name} changes the channel count")
@@ -355,6 +363,33 @@ class _Analysis:
               and not _positive_constant(node.inputs[1])):
             self.freeze(y, f"Pow {node.name} raises the group's channels to a power that is "
                            "not finite at 0", padding_only=True)
+
+
+def _pads_only_spatial(node: gs.Node, rank: int) -> bool:
+    """A Pad whose constant pads leave the batch and channel axes (0 and 1) alone (`rank`:
+    of its input, 0 when unknown)."""
+    if not isinstance(node.inputs[0], gs.Variable) or len(node.inputs) < 2:
+        return False
+    pads = const_value(node.inputs[1])
+    if pads is None:
+        return False
+    pads = pads.reshape(-1)
+    if len(node.inputs) > 3 and isinstance(node.inputs[3], gs.Constant):
+        axes = [int(a) for a in const_value(node.inputs[3]).reshape(-1)]
+    elif len(node.inputs) > 3 and node.inputs[3].name:
+        return False  # axes computed at run time
+    else:
+        axes = list(range(len(pads) // 2))
+    if len(pads) != 2 * len(axes):
+        return False
+    for i, axis in enumerate(axes):
+        if axis < 0:
+            if not rank:
+                return False
+            axis += rank
+        if axis in (0, 1) and (pads[i] or pads[i + len(axes)]):
+            return False
+    return True
 
 
 def _positive_constant(tensor) -> bool:

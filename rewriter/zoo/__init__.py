@@ -52,7 +52,7 @@ assert tuple(_SPECS) == NAMES
 
 def build(name: str, *, width: float = 1.0, resolution: int = 224, seed: int = 0,
           fold_bn: bool | None = None, opset: int = 13, batch: str | int = "N",
-          num_classes: int | None = None) -> onnx.ModelProto:
+          num_classes: int | None = None, static_padding: bool = False) -> onnx.ModelProto:
     """Build zoo model `name` (one of NAMES).
 
     width scales every channel count (torchvision's width_mult, rounded to multiples of 8);
@@ -61,17 +61,22 @@ def build(name: str, *, width: float = 1.0, resolution: int = 224, seed: int = 0
     default: BatchNormalization nodes for mobilenetv2 and ssdlite, BN folded into conv
     weights and biases for mobilenetv3 and lraspp. opset is 11..21 (default 13); batch is
     the batch dim: a name (symbolic, default "N") or a positive integer. num_classes
-    defaults to 1000 for the classifiers and 21 for ssdlite and lraspp.
+    defaults to 1000 for the classifiers and 21 for ssdlite and lraspp. static_padding
+    writes every padded conv as an explicit zero Pad node on H/W (`<conv>.pad`) followed
+    by the conv with pads 0, as ports of TF "SAME" padding (EfficientNet-Lite's PyTorch
+    `static_padding`) export it; the function is the same, and loading folds the Pads
+    back (rewriter.canonical).
     """
     model, _ = build_with_probe(name, width=width, resolution=resolution, seed=seed,
                                 fold_bn=fold_bn, opset=opset, batch=batch,
-                                num_classes=num_classes)
+                                num_classes=num_classes, static_padding=static_padding)
     return model
 
 
 def build_with_probe(name: str, *, width: float = 1.0, resolution: int = 224, seed: int = 0,
                      fold_bn: bool | None = None, opset: int = 13, batch: str | int = "N",
-                     num_classes: int | None = None) -> tuple[onnx.ModelProto, _NetBuilder]:
+                     num_classes: int | None = None, static_padding: bool = False
+                     ) -> tuple[onnx.ModelProto, _NetBuilder]:
     """`build`, also returning the builder, whose `probe_inputs` and `probe_outputs` (a
     numpy reference of every output on them) serve tests."""
     spec = _SPECS.get(name)
@@ -97,10 +102,15 @@ def build_with_probe(name: str, *, width: float = 1.0, resolution: int = 224, se
     check_batch(batch)
     fold = spec.fold_bn if fold_bn is None else bool(fold_bn)
 
-    builder = _NetBuilder(seed=seed, opset=opset, fold_bn=fold, batch=batch)
+    if not isinstance(static_padding, bool):
+        raise ValueError(f"static_padding must be a bool, got {static_padding!r}")
+    builder = _NetBuilder(seed=seed, opset=opset, fold_bn=fold, batch=batch,
+                          static_padding=static_padding)
     x = builder.input("input", 3, resolution)
     outputs = spec.make(builder, x, float(width), num_classes)
     metadata = {"zoo.name": name, "zoo.width": f"{width:g}",
                 "zoo.resolution": str(resolution), "zoo.seed": str(seed),
                 "zoo.fold_bn": str(fold).lower(), "zoo.num_classes": str(num_classes)}
+    if static_padding:  # only then, so that default models stay byte-identical
+        metadata["zoo.static_padding"] = "true"
     return builder.build(outputs, name, metadata), builder

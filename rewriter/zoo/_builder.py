@@ -132,13 +132,14 @@ class _NetBuilder:
     """
 
     def __init__(self, *, seed: int = 0, opset: int = 13, fold_bn: bool = False,
-                 batch: str | int = "N") -> None:
+                 batch: str | int = "N", static_padding: bool = False) -> None:
         check_opset(opset)
         check_batch(batch)
         self.rng = np.random.default_rng(seed)
         self._probe_rng = np.random.default_rng([seed, 0x9E3779B9])
         self.opset = opset
         self.fold_bn = fold_bn
+        self.static_padding = static_padding
         self.batch = batch
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, TensorProto] = {}
@@ -220,6 +221,15 @@ class _NetBuilder:
         _, _, kh, kw = weight.shape
         if value is None:
             value = _conv_ref(x.value, weight, bias, stride, pads, group)
+        if self.static_padding and any(pads):
+            # TF "SAME" as the EfficientNet-Lite PyTorch port exports it: an explicit zero
+            # Pad `<name>.pad` on H/W, then a conv with no padding of its own.
+            top, left, bottom, right = pads
+            padded = np.pad(x.value, ((0, 0), (0, 0), (top, bottom), (left, right)))
+            pad_amounts = np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64)
+            x = self.node("Pad", [x, self.param(f"{name}.pad.pads", pad_amounts)],
+                          f"{name}.pad", padded, mode="constant")
+            pads = (0, 0, 0, 0)
         inputs: list[Tensor | str] = [x, self.param(f"{name}.weight", weight)]
         if bias is not None:
             inputs.append(self.param(f"{name}.bias", bias))
