@@ -34,3 +34,7 @@ class BudgetError(RewriterError):
     """No candidate meets the user's budget."""
 
     exit_code = 3
+
+
+class MissingExtraError(UnsupportedError):
+    """A feature needs an optional extra that is not installed (PyTorch for `[train]`)."""
