@@ -21,6 +21,8 @@ _LAZY = {
     "save_model": ("rewriter.graph_io", "save_model"),
     "estimate": ("rewriter.cost.estimate", "estimate"),
     "verify": ("rewriter.verify", "verify"),
+    "recover": ("rewriter.recovery", "recover"),
+    "RecoveryBudget": ("rewriter.recovery", "RecoveryBudget"),
 }
 
 

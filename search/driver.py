@@ -17,6 +17,7 @@ No feasible candidate is a `BudgetError` (exit code 3) naming the binding constr
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,12 @@ import numpy as np
 
 from rewriter.analysis.memory import MemoryStats
 from rewriter.changes import METADATA_KEY
-from rewriter.fidelity import Fidelity, calibration_split, measure_fidelity
+from rewriter.data import Preprocess
+from rewriter.fidelity import (FIDELITY_METRICS, Fidelity, measure_fidelity,
+                               uncertainty_warning)
+from rewriter.recovery import (BATCH, RecoveryBudget, evaluate, label_recovered,
+                               lower_bound, meets, prepare_data, resolve_method,
+                               supportable_floor, train)
 from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import Violation, check_budget
 from rewriter.errors import BadInputError, BudgetError, VerificationError
@@ -100,6 +106,7 @@ class Result:
     fidelity: Fidelity | None = None
     min_fidelity: float | None = None
     warnings: list[str] = field(default_factory=list)
+    fidelity_metric: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         def summary(e: ModelEstimate) -> dict[str, object]:
@@ -112,7 +119,8 @@ class Result:
                 "candidates_evaluated": self.evaluated, "elapsed_s": self.elapsed_s,
                 "verification": self.verification.to_dict(),
                 "fidelity": None if self.fidelity is None else {
-                    "min_fidelity": self.min_fidelity, **self.fidelity.to_dict()},
+                    "min_fidelity": self.min_fidelity,
+                    **self.fidelity.to_dict(self.fidelity_metric)},
                 "warnings": self.warnings, "notes": self.notes}
 
     def report_data(self, model_name: str, budget: Mapping[str, int | None]) -> dict[str, object]:
@@ -137,8 +145,10 @@ class Result:
         if report.refused:
             return f"refused: {report.refused}"
         inputs = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
-        return (f"onnxruntime, all {len(report.outputs)} outputs within {report.tolerance:.0e} "
-                f"of their scale on inputs {inputs}" if report.passed else report.summary())
+        how = "" if report.mode == "float32" else f", judged in {report.mode}"
+        return (f"onnxruntime, all {len(report.outputs)} outputs within {report.bound:.0e} "
+                f"of their scale on inputs {inputs}{how}" if report.passed
+                else report.summary())
 
 
 class _Evaluator:
@@ -243,9 +253,9 @@ class _FidelityGuard:
     """
 
     def __init__(self, space: SearchSpace, evaluator: _Evaluator, fit: Batches, held: Batches,
-                 floor: float) -> None:
+                 floor: float, metric: str | None = None) -> None:
         self.space, self.evaluator = space, evaluator
-        self.fit, self.held, self.floor = fit, held, floor
+        self.fit, self.held, self.floor, self.metric = fit, held, floor, metric
         self.cache: dict[frozenset[int], Fidelity] = {}  # effective changes -> fidelity
         self._last: tuple[frozenset[int], Model] | None = None  # the last passing build
         self._best_single: tuple[frozenset[int], Model] | None = None
@@ -280,13 +290,13 @@ class _FidelityGuard:
             model = self.space.build_architecture(genome, self.fit)
             self.cache[key] = measure_fidelity(self.space.canonical, model, self.held,
                                                self.reference)
-            if self.cache[key].min_cosine >= self.floor:
+            if self.cache[key].value(self.metric) >= self.floor:
                 self._last = (key, model)
         return self.cache[key]
 
     def passes(self, base: Genome, genes: Sequence[int]) -> bool:
         return (self.evaluator(self._with(base, genes)) is not None
-                and self.measure(base, genes).min_cosine >= self.floor)
+                and self.measure(base, genes).value(self.metric) >= self.floor)
 
     def choose(self, genome: Genome) -> Genome:
         space = self.space
@@ -320,6 +330,119 @@ class _FidelityGuard:
         return self._with(base, order[:lo])
 
 
+class _RecoveryStage:
+    """Choose the architecture changes to keep by their fidelity after recovery.
+
+    Fidelity after distillation cannot be simulated and costs minutes per candidate, so:
+    1. screen cheaply: the guard refits candidates and measures them on the val sources,
+       at the floor and (for distillation, which recovers much of what a refit loses) at
+       looser proxy floors, giving a short ladder of candidates, fastest first;
+    2. recover the few on the ladder, fastest first, sharing the recovery budget, and
+       keep the first whose fidelity on the eval sources (never fitted, trained or used
+       for early stopping), one standard error down, meets the floor;
+    3. none does: keep the exact rewrites only, and say why (too few held-out samples to
+       support the floor at all, or the changes lose too much).
+    """
+
+    PROXY_SLACK = (6.0, 3.0, 0.0)  # proxy floors: floor - k * (1 - floor)
+
+    def __init__(self, space: SearchSpace, evaluator: _Evaluator, calibration: object,
+                 eval_data: object, preprocess: Preprocess | None, seed: int, floor: float,
+                 metric: str | None, method: str | None, budget: RecoveryBudget,
+                 progress: bool) -> None:
+        self.space, self.evaluator, self.seed, self.floor = space, evaluator, seed, floor
+        self.metric, self.budget, self.progress = metric, budget, progress
+        self.data = prepare_data(space.canonical, calibration, eval_data, preprocess, seed)
+        self.warnings = list(self.data.warnings)
+        self.method = resolve_method(method, self.warnings)
+        self.notes: list[str] = []
+        screen = self.data.val if self.data.val is not None else self.data.fit
+        if self.data.val is None:
+            self.notes.append("too few calibration sources for a validation part: "
+                              "candidates were screened on their fitting data")
+        self.guard = _FidelityGuard(space, evaluator, self.data.fit.batches(BATCH),
+                                    screen.batches(BATCH), floor, metric)
+
+    def ladder(self, genome: Genome) -> list[Genome]:
+        """Candidates, fastest first: the guard's choice at each proxy floor."""
+        slacks = self.PROXY_SLACK if self.method == "distill" else (0.0,)
+        found: list[Genome] = []
+        for slack in slacks:
+            self.guard.floor = max(0.0, self.floor - slack * (1.0 - self.floor))
+            chosen = self.guard.choose(genome)
+            if chosen != genome:
+                self.notes.append(f"architecture changes cut back to hold fidelity >= "
+                                  f"{self.guard.floor:.4g} on the screening data")
+            if self.evaluator(chosen) is None or not self.space.architecture_genes(chosen):
+                continue
+            exact_genes = [i for i, gene in enumerate(self.space.genes) if gene.exact]
+            chosen = _prune(self.evaluator, climb(self.evaluator, chosen, exact_genes,
+                                                  margin=1e-12))
+            if chosen not in found:
+                found.append(chosen)
+        return sorted(found, key=lambda g: self.evaluator.score(g).latency_ms)
+
+    def run(self, genome: Genome) -> tuple[Genome, Model | None, Fidelity | None]:
+        canonical = self.space.canonical
+        metric_name = self.metric or "default"
+        candidates = self.ladder(genome) if self.space.architecture_genes(genome) else []
+        self.notes.append(f"fidelity screened on {len(self.guard.cache)} refitted "
+                          f"candidates; {len(candidates)} recovered by {self.method}")
+        reference = collect(canonical, self.data.eval.batches(BATCH))
+        start, failures = time.perf_counter(), []
+        for attempt, candidate in enumerate(candidates):
+            left = len(candidates) - attempt
+            budget = self.budget
+            if budget.seconds is not None:
+                spent = time.perf_counter() - start
+                budget = RecoveryBudget(max(1.0, (self.budget.seconds - spent) / left))
+            else:
+                budget = budget.split(len(candidates))
+            refitted = self.guard.model(candidate)
+            before = evaluate(canonical, refitted, self.data, reference)
+            model, steps, _ = train(canonical, refitted, self.data, self.method, budget,
+                                    self.seed, self.progress)
+            after = (dataclasses.replace(before) if self.method == "refit"
+                     else evaluate(canonical, model, self.data, reference))
+            after.before_recovery = before
+            label = ", ".join(f"{self.space.genes[i].pass_name}@{self.space.genes[i].site}"
+                              for i in self.space.architecture_genes(candidate))
+            if meets(after, self.floor, self.metric):
+                model.metadata[METADATA_KEY] = label_recovered(
+                    model.changes.label() if model.changes.passes else label,
+                    self.method, after, self.metric)
+                self.notes.append(
+                    f"kept {label}: {after.default_metric() if self.metric is None else self.metric} "
+                    f"fidelity {after.value(self.metric):.4f} (>= {self.floor} one standard "
+                    f"error down; {before.value(self.metric):.4f} before recovery)")
+                uncertain = uncertainty_warning(after, self.metric)
+                if uncertain:
+                    self.warnings.append(uncertain)
+                return candidate, model, after
+            failures.append(f"{label}: {after.value(self.metric):.4f} "
+                            f"(bound {lower_bound(after, self.metric):.4f})")
+        exact = _prune(self.evaluator, climb(
+            self.evaluator, self.space.exact_part(genome),
+            [i for i, gene in enumerate(self.space.genes) if gene.exact], margin=1e-12))
+        if candidates:
+            samples = len(self.data.eval)
+            metric = self.metric or ("top1" if _classifier(reference) else "cosine")
+            if supportable_floor(samples, metric) < self.floor:
+                self.warnings.append(
+                    f"too few held-out samples to support a change: {samples} samples bound "
+                    f"{metric} fidelity one standard error down to at most "
+                    f"{supportable_floor(samples, metric):.3f} < {self.floor}; give more "
+                    "calibration data or --eval-data; kept exact rewrites only")
+            self.notes.append(f"no architecture change met {metric_name} fidelity >= "
+                              f"{self.floor} after recovery ({'; '.join(failures)}): exact "
+                              "rewrites only")
+        return exact, None, None
+
+
+def _classifier(outputs: Mapping[str, np.ndarray]) -> bool:
+    return all(v.ndim == 2 and v.shape[1] > 1 for v in outputs.values())
+
+
 def optimize(
     model: Model | str | Path,
     target: str | Path | Target = "npu-p32",
@@ -337,6 +460,11 @@ def optimize(
     calibration: str | Path | Batches | None = None,
     multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
     passes: Sequence[str] | None = None,
+    recover: str | None = "distill",
+    recover_budget: RecoveryBudget | str | None = None,
+    eval_data: object = None,
+    preprocess: Preprocess | str | None = None,
+    fidelity_metric: str | None = None,
 ) -> Result:
     """Choose the rewrites that lower `model`'s estimated latency on `target`.
 
@@ -345,9 +473,22 @@ def optimize(
     their weights refitted on `calibration` (an .npz path or batches; None: seeded random
     inputs, with a warning), holding the fidelity on held-out inputs at `min_fidelity`.
     `passes` limits the search to those passes (default: all the mode allows).
+
+    Architecture changes are recovered (`recover`: 'distill' trains the changed model
+    against the original with PyTorch for `recover_budget`; 'refit' only refits) and judged
+    on `eval_data`, or on a quarter of the calibration sources never used for fitting, by
+    `fidelity_metric` (top1, top5 or cosine; default top1 for classifiers, else cosine):
+    a change is kept only when that fidelity, one standard error down, meets the floor.
     """
     if not 0.0 <= min_fidelity <= 1.0:
         raise BadInputError(f"--min-fidelity must be within [0, 1], not {min_fidelity}")
+    if fidelity_metric is not None and fidelity_metric not in FIDELITY_METRICS:
+        raise BadInputError(f"unknown --fidelity-metric {fidelity_metric!r}; choose "
+                            f"{', '.join(FIDELITY_METRICS)}")
+    if not isinstance(recover_budget, RecoveryBudget):
+        recover_budget = RecoveryBudget.parse(recover_budget)
+    if isinstance(preprocess, str):
+        preprocess = Preprocess.parse(preprocess)
     if strategy not in STRATEGIES:
         raise BadInputError(f"unknown strategy {strategy!r}; strategies are: "
                             f"{', '.join(STRATEGIES)}")
@@ -368,25 +509,17 @@ def optimize(
     if evaluator.best is None:
         raise _no_candidate(evaluator)
     genome = _prune(evaluator, evaluator.best[0])
-    guard: _FidelityGuard | None = None
-    held: Batches = []
     warnings: list[str] = []
     notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
+    recovered: Model | None = None
+    fidelity: Fidelity | None = None
+    held: Batches = []
     if not exact:
-        fit, held, warnings = calibration_split(space.canonical, calibration, seed)
-        guard = _FidelityGuard(space, evaluator, fit, held, min_fidelity)
-        chosen = guard.choose(genome)
-        if evaluator(chosen) is None:
-            raise BudgetError(f"no candidate meets the memory budget at fidelity >= "
-                              f"{min_fidelity}: only architecture changes that lose more "
-                              "fidelity would fit; lower --min-fidelity or raise the budget")
-        if chosen != genome:
-            notes.append(f"architecture changes cut back to hold fidelity >= {min_fidelity}")
-            exact_genes = [i for i, gene in enumerate(space.genes) if gene.exact]
-            # the exact rewrites worth having once the architecture changes are fixed
-            chosen = climb(evaluator, chosen, exact_genes, margin=1e-12)
-        genome = _prune(evaluator, chosen)
-        notes.append(f"fidelity measured on {len(guard.cache)} refitted candidates")
+        stage = _RecoveryStage(space, evaluator, calibration, eval_data, preprocess, seed,
+                               min_fidelity, fidelity_metric, recover, recover_budget,
+                               progress)
+        genome, recovered, fidelity = stage.run(genome)
+        warnings, notes = stage.warnings, notes + stage.notes
     final = evaluator.score(genome)
     decisions = []
     for index in space.active(genome):
@@ -395,25 +528,25 @@ def optimize(
         decisions.append(Decision(gene.pass_name, gene.site, gene.description,
                                   without.latency_ms - final.latency_ms, gene.exact))
     changed = [d for d in decisions if not d.exact]
-    architecture = guard.model(genome) if guard is not None and changed else original
+    architecture = recovered if changed and recovered is not None else original
     built = space.build_exact(architecture if changed else space.canonical, genome)
     report = verify(architecture, built, inputs, seed=seed)
     if changed and report.refused:
-        # The refitted model is the reference here and may be ill-conditioned where the
-        # original was not; its fidelity to the original is measured below either way.
-        notes.append(f"the exact rewrites could not be verified against the refitted "
+        # The recovered model is the reference here and may be ill-conditioned where the
+        # original was not; its fidelity to the original was measured either way.
+        notes.append(f"the exact rewrites could not be verified against the recovered "
                      f"model: {report.refused}")
     elif not report.passed:
         raise VerificationError(f"the optimized model does not match the original: "
                                 f"{report.summary()}; nothing written")
-    fidelity = None
     if changed:
-        # against the canonical original, whose outputs the guard has (BN folded: the same)
-        fidelity = measure_fidelity(space.canonical, built, held, guard.reference)
-        built.metadata[METADATA_KEY] = architecture.changes.label()
+        built.metadata[METADATA_KEY] = architecture.metadata.get(
+            METADATA_KEY, architecture.changes.label())
         notes.append("architecture changed: the exact rewrites were verified against the "
-                     "refitted model; fidelity to the original is measured on held-out "
-                     "calibration inputs; fine-tune before use")
+                     "recovered model; its fidelity to the original was measured on "
+                     "held-out data never used for fitting")
+    else:
+        fidelity = None
     built.metadata["rewriter.optimize"] = (
         f"target={resolved.name};strategy={strategy};seed={seed};rewrites="
         + ",".join(f"{d.pass_name}@{d.site}" for d in decisions))
@@ -428,4 +561,4 @@ def optimize(
         elapsed_s=time.perf_counter() - start, trace=evaluator.trace,
         pareto=_pareto(evaluator.scores, evaluator.feasible, genome), points=points[:5000],
         notes=notes, exact=exact, fidelity=fidelity, min_fidelity=None if exact else min_fidelity,
-        warnings=warnings)
+        warnings=warnings, fidelity_metric=fidelity_metric)

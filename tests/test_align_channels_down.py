@@ -145,12 +145,15 @@ def test_cli_prunes_refits_and_labels(tmp_path, capsys):
     np.savez(calibration, input=np.random.default_rng(0).standard_normal(
         (12, 3, 64, 64)).astype(np.float32))
     assert main([*args, "--allow-architecture-changes", "--calibration", str(calibration),
-                 "--json"]) == 0
+                 "--recover-budget", "10steps", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["exact"] is False and len(data["applied"]) == 3 and not data["warnings"]
+    assert data["exact"] is False and len(data["applied"]) == 3
+    assert not any("proxy" in w for w in data["warnings"])  # real data given: no proxy note
+    assert data["method"] == "distill" and data["fidelity"]["before_recovery"] is not None
     assert 0 < data["fidelity"]["min_cosine"] <= 1
     written = onnx.load(str(out))
     meta = {p.key: p.value for p in written.metadata_props}
-    assert meta["rewriter.architecture_changed"].endswith("fine-tune before use")
+    assert meta["rewriter.architecture_changed"].startswith("align-channels-down@")
+    assert "recovered by distillation" in meta["rewriter.architecture_changed"]
     saved = load(written)
     assert saved.shapes["features.2.dw.act"][1] == 32

@@ -110,13 +110,14 @@ def test_cli_applies_a_multiplier(tmp_path, capsys):
     assert "depth-multiplier only" in capsys.readouterr().err
     assert main(["apply", str(path), "--pass", "depth-multiplier", "--multiplier", "0.75",
                  "--multiple", "16", "--allow-architecture-changes", "-o", str(out),
-                 "--json"]) == 0
+                 "--recover", "refit", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [s["id"] for s in data["applied"]] == ["x0.75"]
     assert data["warnings"] and "proxy" in data["warnings"][0]
     written = onnx.load(str(out))
     meta = {p.key: p.value for p in written.metadata_props}
-    assert meta["rewriter.architecture_changed"] == "depth-multiplier@x0.75; fine-tune before use"
+    assert meta["rewriter.architecture_changed"].startswith(
+        "depth-multiplier@x0.75; weights refitted only; top1 fidelity ")
     assert data["applied"][0]["groups"]["features.18.conv"] == [1280, 960]
     weights = {t.name: t.dims for t in written.graph.initializer}
     last = next(n for n in written.graph.node if n.name == "features.18.conv")

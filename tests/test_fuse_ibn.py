@@ -72,11 +72,13 @@ def test_cli_requires_the_flag_and_labels_the_model(tmp_path, capsys):
     assert main(["apply", str(path), "--pass", "fuse-ibn", "-o", str(out)]) == 2
     assert "--allow-architecture-changes" in capsys.readouterr().err and not out.exists()
     assert main(["apply", str(path), "--pass", "fuse-ibn", "--allow-architecture-changes",
-                 "--site", "features.2.expand.conv", "-o", str(out), "--json"]) == 0
+                 "--site", "features.2.expand.conv", "-o", str(out), "--recover-budget",
+                 "10steps", "--json"]) == 0
     captured = capsys.readouterr()
     data = json.loads(captured.out)
     assert data["exact"] is False and len(data["applied"]) == 1
     assert 0 < data["fidelity"]["min_cosine"] <= 1
     assert data["warnings"] and "proxy" in data["warnings"][0]
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert meta["rewriter.architecture_changed"].endswith("fine-tune before use")
+    label = meta["rewriter.architecture_changed"]
+    assert label.startswith("fuse-ibn@features.2.expand.conv; recovered by distillation")

@@ -1,0 +1,327 @@
+"""Recovering what an architecture change lost, and judging it on data it never saw.
+
+An architecture change (fuse-ibn, align-channels-down, depth-multiplier) starts from
+initial weights and a layer-wise ridge refit (`rewriter.reconstruct`). With little data a
+refit does not generalise, and errors compound over depth; so the rewritten model is then
+trained to reproduce the original's outputs (knowledge distillation, `rewriter.distill`,
+the optional extra `[train]`).
+
+The data are cut by source (an image file, or an .npz row) so that no source feeds two of:
+- fit: the ridge refit and the distillation's training batches (augmented);
+- val: the distillation's early stopping and the search's cheap screening;
+- eval: the figure reported to the user and the acceptance test against the floor. It is
+  never used for fitting, training or early stopping. `--eval-data` replaces it.
+
+A candidate is accepted when its fidelity on eval, one standard error below the measured
+value, is at least the floor: with 6 held-out photos a measured top-1 agreement of 1.0
+bounds the truth only to 0.86, so such data cannot support a floor of 0.98, and the tool
+says so instead of trusting a lucky figure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from rewriter.changes import METADATA_KEY
+from rewriter.data import Preprocess, Samples, load_samples, random_samples
+from rewriter.errors import BadInputError
+from rewriter.fidelity import FIDELITY_METRICS, Fidelity, measure_fidelity
+from rewriter.graph_io import Model, load_model
+
+RECOVERY_METHODS = ("distill", "refit")
+DEFAULT_RECOVER_SECONDS = 300.0
+STANDARD_ERRORS = 1.0  # how far below the measured fidelity the acceptance test looks
+BATCH = 8  # inputs per onnxruntime batch when measuring
+
+
+@dataclass(frozen=True)
+class RecoveryBudget:
+    """How long distillation may train: wall seconds or optimiser steps."""
+
+    seconds: float | None = DEFAULT_RECOVER_SECONDS
+    steps: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "RecoveryBudget":
+        """'90s', '15m', '1h' (wall time) or '500steps'; None: the default."""
+        if text is None:
+            return cls()
+        raw = text.strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h|steps?)", raw)
+        if match:
+            value, unit = float(match.group(1)), match.group(2)
+            if unit.startswith("step"):
+                if value >= 1 and value == int(value):
+                    return cls(seconds=None, steps=int(value))
+            elif 0 < value < 1e7 and math.isfinite(value):
+                return cls(seconds=value * {"s": 1, "m": 60, "h": 3600}[unit])
+        raise BadInputError(f"bad --recover-budget {text!r}: wall time (90s, 15m, 1h) or "
+                            "optimiser steps (500steps)")
+
+    def split(self, parts: int) -> "RecoveryBudget":
+        parts = max(1, parts)
+        return RecoveryBudget(None if self.seconds is None else self.seconds / parts,
+                              None if self.steps is None else max(1, self.steps // parts))
+
+    def describe(self) -> str:
+        return f"{self.seconds:.0f} s" if self.seconds is not None else f"{self.steps} steps"
+
+
+@dataclass
+class FidelityData:
+    """Calibration data cut by source into fit / val / eval (see the module docstring)."""
+
+    fit: Samples
+    val: Samples | None
+    eval: Samples
+    warnings: list[str] = field(default_factory=list)
+
+    def describe_eval(self) -> str:
+        sources = len(set(self.eval.sources))
+        return (f"{len(self.eval)} held-out samples from {sources} sources never used for "
+                f"fitting ({self.eval.origin})")
+
+
+def _as_samples(model: Model, data: object, preprocess: Preprocess | None, seed: int,
+                what: str) -> Samples:
+    if isinstance(data, Samples):
+        return data
+    if isinstance(data, (str, Path)):
+        return load_samples(data, model, preprocess, seed=seed)
+    if isinstance(data, Mapping):
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in data.items()}
+        count = len(next(iter(arrays.values())))
+        return Samples(arrays, [f"sample-{i}" for i in range(count)], f"{what} arrays")
+    if isinstance(data, Sequence):  # batches: one source per sample, in order
+        batches = list(data)
+        if not batches:
+            raise BadInputError(f"{what}: no batches")
+        names = list(batches[0])
+        arrays = {n: np.concatenate([np.asarray(b[n], np.float32) for b in batches])
+                  for n in names}
+        count = len(arrays[names[0]])
+        return Samples(arrays, [f"sample-{i}" for i in range(count)], f"{what} batches")
+    raise BadInputError(f"{what}: expected a path, samples or batches, not "
+                        f"{type(data).__name__}")
+
+
+def prepare_data(model: Model, calibration: object = None, eval_data: object = None,
+                 preprocess: Preprocess | None = None, seed: int = 0,
+                 random_count: int = 48) -> FidelityData:
+    """Calibration (and evaluation) data cut by source. No calibration: seeded random
+    inputs, with a warning that fidelity on them says little about real data."""
+    warnings: list[str] = []
+    if calibration is None:
+        samples = random_samples(model, random_count, seed)
+        warnings.append("no --calibration data: fitted and scored on random inputs, so "
+                        "fidelity is only a proxy for fidelity on real data")
+    else:
+        samples = _as_samples(model, calibration, preprocess, seed, "--calibration")
+    if eval_data is not None:
+        held = _as_samples(model, eval_data, preprocess, seed, "--eval-data")
+        overlap = set(held.sources) & set(samples.sources)
+        if overlap and isinstance(eval_data, (str, Path)):
+            warnings.append(f"--eval-data shares {len(overlap)} source names with "
+                            "--calibration; fidelity is only honest on data never fitted")
+        fit, val = _split(samples, 0.2, seed)
+        return FidelityData(fit, val, held, warnings)
+    if len(set(samples.sources)) < 2:
+        raise BadInputError(
+            f"{samples.origin}: {len(samples)} samples from one source; fidelity must be "
+            "measured on sources never used for fitting: give several images (or .npz "
+            "rows), or --eval-data")
+    rest, held = samples.split_by_source(0.25, seed)
+    fit, val = _split(rest, 0.2, seed + 1)
+    return FidelityData(fit, val, held, warnings)
+
+
+def _split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples | None]:
+    """fit and val parts by source; no val when there are fewer than 3 sources."""
+    if len(set(samples.sources)) < 3:
+        return samples, None
+    return samples.split_by_source(fraction, seed)
+
+
+# -- judging -----------------------------------------------------------------------------
+def lower_bound(fidelity: Fidelity, metric: str | None = None) -> float:
+    """The fidelity `STANDARD_ERRORS` standard errors below the measured value: a Wilson
+    bound for an agreement of classifiers (a share of samples, which stays informative
+    at 0 and 1), the standard error of the worst output otherwise."""
+    value = fidelity.value(metric)
+    chosen = metric or fidelity.default_metric()
+    z = STANDARD_ERRORS
+    if chosen in ("top1", "top5") and fidelity.classifier:
+        n = max(fidelity.samples, 1)
+        centre = (value + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(value * (1 - value) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half)
+    return value - z * fidelity.stderr(metric)
+
+
+def supportable_floor(samples: int, metric: str) -> float:
+    """The highest floor `samples` held-out samples can support at all (a perfect score,
+    one standard error down)."""
+    if metric in ("top1", "top5"):
+        z = STANDARD_ERRORS
+        return 1.0 / (1.0 + z * z / max(samples, 1))
+    return 1.0
+
+
+def meets(fidelity: Fidelity, floor: float, metric: str | None = None) -> bool:
+    return lower_bound(fidelity, metric) >= floor
+
+
+# -- recovery ------------------------------------------------------------------------------
+@dataclass
+class Recovery:
+    model: Model
+    method: str  # what was run: "distill", "refit" or "none"
+    fidelity: Fidelity  # on the eval data, with before_recovery set
+    seconds: float
+    steps: int = 0
+    warnings: list[str] = field(default_factory=list)
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    metric: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"method": self.method, "seconds": self.seconds, "steps": self.steps,
+                "fidelity": self.fidelity.to_dict(self.metric), "warnings": self.warnings}
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_method(method: str | None, warnings: list[str]) -> str:
+    """'distill' unless PyTorch is missing (then 'refit', with a warning saying so)."""
+    method = method or "distill"
+    if method not in RECOVERY_METHODS:
+        raise BadInputError(f"unknown --recover {method!r}; choose distill or refit")
+    if method == "distill" and not torch_available():
+        warnings.append("distillation needs PyTorch (pip install 'rewriter[train]'): "
+                        "weights refitted only, which rarely keeps a pretrained model's "
+                        "predictions")
+        return "refit"
+    return method
+
+
+def train(original: Model, student: Model, data: FidelityData, method: str,
+          budget: RecoveryBudget, seed: int = 0, progress: bool = False
+          ) -> tuple[Model, int, list[tuple[int, float, float]]]:
+    """The student refitted (if the pass recorded what to refit) and, with 'distill',
+    trained against the original; returns (model, steps, history)."""
+    from rewriter.reconstruct import refit
+
+    fit_batches = data.fit.batches(BATCH)
+    if student.changes.refit:
+        student = refit(original, student, fit_batches, progress=progress)
+    if method != "distill":
+        return student, 0, []
+    from rewriter.distill import distill
+
+    result = distill(original, student, data.fit.inputs,
+                     None if data.val is None else data.val.inputs,
+                     seconds=budget.seconds, steps=budget.steps, seed=seed, progress=progress)
+    history = [tuple(h) if not hasattr(h, "step") else (h.step, h.loss, h.fidelity)
+               for h in result.history]
+    steps = max((int(h[0]) for h in history), default=0)
+    return result.model, steps, history
+
+
+def evaluate(original: Model, candidate: Model, data: FidelityData,
+             reference: Mapping[str, np.ndarray] | None = None) -> Fidelity:
+    return measure_fidelity(original, candidate, data.eval.batches(BATCH), reference,
+                            measured_on=data.describe_eval())
+
+
+def recover(original: Model | str | Path, rewritten: Model | str | Path,
+            calibration: object = None, *, eval_data: object = None,
+            preprocess: Preprocess | str | None = None, method: str | None = "distill",
+            budget: RecoveryBudget | str | None = None, metric: str | None = None,
+            seed: int = 0, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            progress: bool = False) -> Recovery:
+    """Recover `rewritten` (an architecture change of `original`) from unlabeled data.
+
+    calibration / eval_data: an .npz (input name -> array), a folder of images or one
+    image, `Samples`, or batches; without eval_data, the calibration data are cut by
+    source and a quarter of the sources is kept for evaluation only. method: 'distill'
+    (PyTorch) or 'refit'. The returned model is labelled as architecture-changed in its
+    metadata; `fidelity` is measured on the evaluation data, with the figure before
+    recovery in `fidelity.before_recovery`.
+    """
+    start = time.perf_counter()
+    if metric is not None and metric not in FIDELITY_METRICS:
+        raise BadInputError(f"unknown --fidelity-metric {metric!r}; choose "
+                            f"{', '.join(FIDELITY_METRICS)}")
+    if isinstance(preprocess, str):
+        preprocess = Preprocess.parse(preprocess)
+    if not isinstance(budget, RecoveryBudget):
+        budget = RecoveryBudget.parse(budget)
+    teacher = original if isinstance(original, Model) else load_model(original, input_shapes)
+    student = rewritten if isinstance(rewritten, Model) else load_model(rewritten,
+                                                                         input_shapes)
+    _check_interfaces(teacher, student)
+    data = prepare_data(teacher, calibration, eval_data, preprocess, seed)
+    warnings = list(data.warnings)
+    method = resolve_method(method, warnings)
+    reference = _reference(teacher, data)
+    before = evaluate(teacher, student, data, reference)
+    if student.changes.refit:  # the initial weights are not the figure a user compares with
+        from rewriter.reconstruct import refit
+
+        student = refit(teacher, student, data.fit.batches(BATCH), progress=progress)
+        before = evaluate(teacher, student, data, reference)
+    model, steps, history = train(teacher, student, data, method, budget, seed, progress)
+    after = evaluate(teacher, model, data, reference)
+    after.before_recovery = before
+    label = (student.changes.label() if student.changes.passes
+             else student.metadata.get(METADATA_KEY) or "architecture changed")
+    model.metadata[METADATA_KEY] = label_recovered(label, method, after, metric)
+    note = uncertainty(after, metric)
+    if note:
+        warnings.append(note)
+    return Recovery(model, method, after, time.perf_counter() - start, steps, warnings,
+                    history, metric)
+
+
+def _reference(teacher: Model, data: FidelityData) -> dict[str, np.ndarray]:
+    from rewriter.staged import collect
+
+    return collect(teacher, data.eval.batches(BATCH))
+
+
+def _check_interfaces(original: Model, rewritten: Model) -> None:
+    a = {t.name for t in original.graph.inputs}, {t.name for t in original.graph.outputs}
+    b = {t.name for t in rewritten.graph.inputs}, {t.name for t in rewritten.graph.outputs}
+    if a != b:
+        raise BadInputError("the rewritten model's inputs/outputs are not the original's "
+                            f"(inputs {sorted(b[0])} vs {sorted(a[0])}, outputs "
+                            f"{sorted(b[1])} vs {sorted(a[1])})")
+
+
+def label_recovered(label: str, method: str, fidelity: Fidelity, metric: str | None) -> str:
+    """The metadata entry of a recovered model: what changed, how it was recovered, and
+    what fidelity it keeps, on what."""
+    base = label.replace("; fine-tune before use", "")
+    chosen = metric or fidelity.default_metric()
+    how = {"distill": "recovered by distillation", "refit": "weights refitted only",
+           "none": "not recovered"}[method]
+    return (f"{base}; {how}; {chosen} fidelity {fidelity.value(metric):.4f} on "
+            f"{fidelity.samples} held-out samples")
+
+
+def uncertainty(fidelity: Fidelity, metric: str | None) -> str | None:
+    from rewriter.fidelity import uncertainty_warning
+
+    return uncertainty_warning(fidelity, metric)
