@@ -639,12 +639,20 @@ def measure_specs(specs: Iterable[OpSpec], *, repeats: int = 20, warmup: int = 3
 # ----------------------------------------------------------------------------- CSV
 
 def write_csv(path: str | Path, rows: Iterable[Measurement]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([*row.spec.signature(), f"{row.latency_ms:.6g}", row.device,
-                             row.threads, row.repeats])
+    """Write the rows atomically (rewriter.atomic: a new temporary file, then renamed)."""
+    from rewriter.atomic import atomic_write
+
+    rows = list(rows)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for row in rows:
+                writer.writerow([*row.spec.signature(), f"{row.latency_ms:.6g}", row.device,
+                                 row.threads, row.repeats])
+
+    atomic_write(path, write)
 
 
 def _parse_row(path: Path, line: int, record: dict[str, str]) -> Measurement:

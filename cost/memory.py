@@ -6,12 +6,15 @@ user's budget and, when it does not, which constraint binds and by how much.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rewriter.analysis.memory import MemoryStats, memory_stats
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.tables import human_bytes
+
+MAX_BYTES = 2**60  # a budget beyond any device: no byte count here reaches it
 
 _SUFFIX = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20,
            "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30}
@@ -28,9 +31,16 @@ def parse_bytes(text: str) -> int:
     except (ValueError, KeyError):
         raise BadInputError(f"bad size {text!r}: expected bytes with an optional K, M or G "
                             "suffix, e.g. 4M") from None
+    if not math.isfinite(value):
+        raise BadInputError(f"bad size {text!r}: must be a finite number")
     if value <= 0:
         raise BadInputError(f"bad size {text!r}: must be positive")
-    return int(value * factor)
+    size = value * factor
+    if not math.isfinite(size) or size > MAX_BYTES:
+        raise BadInputError(f"bad size {text!r}: larger than {MAX_BYTES // 2**50} PiB")
+    if size < 1:
+        raise BadInputError(f"bad size {text!r}: less than one byte")
+    return int(size)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,10 @@ Every problem raises `ProfileError` with one line naming the file and the key.
 
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,17 @@ _MEASURED_OPTIONAL: dict[str, tuple[type, str]] = {
     "parallelism_ox": (int, "pos"), "parallelism_oy": (int, "pos"), "floor_at_peak": (bool, ""),
     "stream_weights": (bool, ""),
 }
+# Every number is bounded, so that no estimate can overflow to inf or lose all precision
+# (a bandwidth of 1e-320 bytes/s made every latency infinite): key (last part) -> (lo, hi).
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "parallelism_in": (1, 2**20), "parallelism_out": (1, 2**20),
+    "parallelism_ox": (1, 2**20), "parallelism_oy": (1, 2**20),
+    "macs_per_cycle": (1, 2**40), "clock_hz": (1e3, 1e13),
+    "onchip_memory_bytes": (1, 2**50), "bandwidth_bytes_per_s": (1e3, 1e16),
+    "overhead_s": (0.0, 10.0), "bytes_per_element": (1, 64), "lanes": (1, 2**20),
+    "efficiency": (1e-6, 1.0), "depthwise_efficiency": (1e-6, 1.0),
+}
+_ACTIVATION_BOUNDS = (0.0, 1e6)
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _MAC_OP = {"efficiency": (float, "frac")}
 _VECTOR_OP = {"lanes": (int, "pos"), "efficiency": (float, "frac")}
@@ -192,6 +206,11 @@ def _check(path: Path, key: str, value: Any, typ: type, rule: str) -> Any:
         raise fail("must be >= 0")
     if rule == "name" and not value:
         raise fail("expected a non-empty name")
+    if typ in (int, float):
+        lo, hi = (_ACTIVATION_BOUNDS if key.startswith("activations.")
+                  else _BOUNDS.get(key.rsplit(".", 1)[-1], (None, None)))
+        if lo is not None and not lo <= value <= hi:
+            raise fail(f"must be within [{lo:g}, {hi:g}]")
     return value
 
 

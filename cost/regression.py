@@ -243,11 +243,10 @@ class RegressionEstimator:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (a temporary file beside the target, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n",
-                       encoding="utf-8")
-        tmp.replace(path)
+        from rewriter.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json(), separators=(",", ":"),
+                                           allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RegressionEstimator:

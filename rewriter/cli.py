@@ -8,7 +8,9 @@ not built yet); 3 no candidate within the memory budget; 70 internal error (a bu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,9 +20,62 @@ from rewriter.errors import BadInputError, RewriterError, VerificationError
 from rewriter.tables import human, human_bytes, table
 
 
+def _finite(value):
+    """`value` with every non-finite float (inf, nan) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value, indent: int | None = 2) -> str:
+    """Strict JSON: never Infinity or NaN (a non-finite number prints as null)."""
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every bad input
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, what: str = ""):
+    """An argparse `type` for a finite int/float within bounds (exit 2 with one line)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            fmt = "d" if kind is int else "g"
+            lo = "" if low is None else f"{'(' if low_open else '['}{low:{fmt}}"
+            hi = "" if high is None else f"{high:{fmt}}{')' if high_open else ']'}"
+            span = (f"within {lo}, {hi}" if low is not None and high is not None
+                    else f"{'>' if low_open else '>='} {low:{fmt}}" if low is not None
+                    else f"{'<' if high_open else '<='} {high:{fmt}}")
+            raise argparse.ArgumentTypeError(f"must be {span}{what}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+_SEED = _number(int, low=0, high=2**32 - 1)
+_POSITIVE_INT = _number(int, low=1, high=2**20)
+_POSITIVE = _number(float, low=0.0, low_open=True)
+_FRACTION = _number(float, low=0.0, high=1.0)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -34,10 +89,106 @@ def _add_target_option(p: argparse.ArgumentParser) -> None:
                    help="built-in profile (npu-p32, npu-p16, cpu-ort) or a profile TOML")
 
 
+def _read_files(args: argparse.Namespace, *names: str) -> list[str]:
+    """The files (and folders) among `args.<name>` that the command reads."""
+    return [getattr(args, n) for n in names if getattr(args, n, None)]
+
+
+def _check_output(out, inputs: Sequence[str] = (), others: Sequence = (),
+                  what: str = "output") -> Path:
+    """Refuse a bad output path before any work (exit 2; rewriter.paths)."""
+    from rewriter.paths import check_output_path
+
+    return check_output_path(out, inputs=list(inputs), others=list(others), what=what)
+
+
 def _load(args: argparse.Namespace):
     from rewriter.graph_io import load_model, parse_input_shapes
 
     return load_model(args.model, parse_input_shapes(args.input_shape))
+
+
+# Ops whose output shape depends on the input values: a latency estimate needs every
+# tensor's size, so these cannot be priced.
+_DATA_DEPENDENT = {"NonZero", "Unique", "NonMaxSuppression", "Compress", "Loop", "If",
+                   "Scan", "StringSplit"}
+
+
+def _check_priceable(model) -> None:
+    """Refuse (exit 2) what estimates cannot price: data-dependent or zero-size tensors."""
+    for node in model.graph.nodes:
+        if node.op in _DATA_DEPENDENT:
+            raise BadInputError(f"data-dependent shape at node {node.name} ({node.op}): its "
+                                "output size depends on the input values; latency cannot be "
+                                "estimated")
+    shapes = model.shapes
+    for node in model.graph.nodes:
+        for tensor in node.outputs:
+            shape = shapes.get(tensor.name)
+            if shape is not None and any(d <= 0 for d in shape):
+                what = "zero-size" if min(shape) == 0 else "negative-size"
+                raise BadInputError(f"{what} tensor '{tensor.name}' "
+                                    f"({'x'.join(map(str, shape))}) at node {node.name} "
+                                    f"({node.op}); latency cannot be estimated")
+
+
+# Commands that run the model (verification, calibration) refuse one whose single tensor
+# would exceed this (float32 at the analysis shapes; runs in float64 double it): a
+# hostile model with a ConstantOfShape of a huge shape would otherwise exhaust memory.
+MAX_TENSOR_BYTES = 2**30
+
+
+def _check_runnable(model) -> None:
+    """Refuse (exit 2) a model whose tensors are too large to run here."""
+    shapes = model.shapes
+    produced = [(node, tensor) for node in model.graph.nodes for tensor in node.outputs]
+    for node, tensor in [*((None, t) for t in model.graph.inputs), *produced]:
+        shape = shapes.get(tensor.name)
+        if shape is None:
+            continue
+        where = "input" if node is None else f"of node {node.name} ({node.op})"
+        if any(d < 0 for d in shape):
+            raise BadInputError(f"tensor '{tensor.name}' {where} has the impossible shape "
+                                f"{'x'.join(map(str, shape))}")
+        size = 4 * math.prod(shape)
+        if size > MAX_TENSOR_BYTES:
+            raise BadInputError(
+                f"tensor '{tensor.name}' {where} is {'x'.join(map(str, shape))}: it would "
+                f"need {size / 2**30:,.1f} GiB; at most {MAX_TENSOR_BYTES / 2**30:g} GiB per "
+                "tensor is supported")
+
+
+@contextlib.contextmanager
+def _geometry_errors():
+    """The cost model's OpSpec refuses impossible layer geometry (channels not a multiple
+    of the groups, say) that onnx's checker lets through: a bad model, exit 2."""
+    try:
+        yield
+    except ValueError as exc:
+        if not str(exc).startswith("OpSpec"):
+            raise
+        raise BadInputError(f"the model's layers are inconsistent: {exc}") from None
+
+
+def _add_recovery_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="DATA",
+                   help="unlabeled inputs to refit and recover weights: an .npz (input name "
+                        "-> array), a folder of JPEG/PNG images or one image (default: "
+                        "random inputs, with a warning)")
+    p.add_argument("--eval-data", metavar="DATA",
+                   help="inputs (same forms) to measure fidelity on, never used for "
+                        "fitting (default: a quarter of the calibration sources)")
+    p.add_argument("--preprocess", metavar="SPEC",
+                   help="how images become inputs, e.g. size=224,mean=0.485:0.456:0.406,"
+                        "std=0.229:0.224:0.225,order=rgb,layout=nchw (ImageNet defaults)")
+    p.add_argument("--recover", choices=["distill", "refit"], default="distill",
+                   help="distill: train the changed model against the original with PyTorch "
+                        "(the [train] extra; default); refit: layer-wise ridge refit only")
+    p.add_argument("--recover-budget", metavar="TIME|Nsteps",
+                   help="distillation budget: 90s, 15m, 1h or 500steps (default 5m)")
+    p.add_argument("--fidelity-metric", choices=["top1", "top5", "cosine"],
+                   help="what --min-fidelity bounds (default: top1 for classifier outputs, "
+                        "else cosine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="analyse a model: ops, MACs, memory, blocks, sites")
     _add_model_options(p)
-    p.add_argument("--multiple", type=int, default=32, metavar="P",
+    p.add_argument("--multiple", type=_POSITIVE_INT, default=32, metavar="P",
                    help="parallelism factor for the channel-alignment sites (default 32)")
     p.add_argument("--ops", action="store_true", help="also print the per-op table")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -58,27 +209,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sites", help="list the sites where a pass applies, with their ids")
     _add_model_options(p)
     p.add_argument("--pass", dest="pass_name", required=True, metavar="NAME")
-    p.add_argument("--multiple", type=int, default=32, metavar="P")
+    p.add_argument("--multiple", type=_POSITIVE_INT, default=32, metavar="P")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("apply", help="apply a pass, verify in onnxruntime, write the result")
     _add_model_options(p)
     p.add_argument("--pass", dest="pass_name", required=True, metavar="NAME")
     p.add_argument("--site", action="append", metavar="ID", help="only these sites (repeatable)")
-    p.add_argument("--multiple", type=int, default=32, metavar="P",
+    p.add_argument("--multiple", type=_POSITIVE_INT, default=32, metavar="P",
                    help="P for align-channels-up/down and depth-multiplier (default 32)")
-    p.add_argument("--multiplier", type=float, metavar="M",
+    p.add_argument("--multiplier", type=_number(float, low=0.0, high=1.0, low_open=True,
+                                                high_open=True), metavar="M",
                    help="factor of depth-multiplier (default 0.5)")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--inputs", metavar="FILE.npz", help="verification inputs keyed by input name")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the random verification inputs")
+    p.add_argument("--tolerance", type=_POSITIVE, default=1e-4,
                    help="max error relative to each output's scale (default 1e-4)")
     p.add_argument("--allow-architecture-changes", action="store_true",
                    help="needed for passes that change the function (fuse-ibn, "
                    "align-channels-down, depth-multiplier)")
-    p.add_argument("--calibration", metavar="FILE.npz",
-                   help="inputs to refit weights and measure fidelity (default: random)")
+    _add_recovery_options(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("recover", help="recover a model changed by `apply` from unlabeled "
+                                       "data (distillation) and measure its fidelity")
+    p.add_argument("original", help="the original ONNX model (the teacher)")
+    p.add_argument("model", help="the architecture-changed ONNX model (the student)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3xHxW",
+                   help="fix an input's dims (needed where H or W are dynamic); repeatable")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--min-fidelity", type=_FRACTION, metavar="F",
+                   help="exit 1 and write nothing when the recovered fidelity, one standard "
+                        "error down, is below F")
+    _add_recovery_options(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("estimate", help="estimate latency and memory on a target")
@@ -96,17 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", metavar="BYTES", help="parameter budget, e.g. 4M")
     p.add_argument("--max-activations", metavar="BYTES", help="peak activation budget, e.g. 2M")
     p.add_argument("--budget", metavar="N|Ns", help="candidates (500) or seconds (30s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--exact", action="store_true", help="exact rewrites only (the default)")
     mode.add_argument("--allow-architecture-changes", action="store_true",
                       help="also rewrites that change the function (fuse-ibn, "
                            "align-channels-down, depth-multiplier), weights refitted")
-    p.add_argument("--min-fidelity", type=float, metavar="COS",
-                   help="lowest mean cosine similarity of any output to the original's on "
-                        "held-out calibration inputs (default 0.99)")
-    p.add_argument("--calibration", metavar="FILE.npz",
-                   help="inputs to refit weights and measure fidelity (default: random)")
+    p.add_argument("--min-fidelity", type=_FRACTION, metavar="F",
+                   help="lowest fidelity (--fidelity-metric) of any output to the original's "
+                        "on held-out data after recovery, one standard error down "
+                        "(default 0.99)")
+    _add_recovery_options(p)
     p.add_argument("--multipliers", metavar="M,M",
                    help="depth multipliers to try (default 0.75,0.5)")
     p.add_argument("--passes", metavar="NAME,NAME",
@@ -121,9 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     cost = sub.add_parser("cost", help="measure ops, fit and validate latency estimators")
     cost_sub = cost.add_subparsers(dest="cost_command", required=True, parser_class=_Parser)
     p = cost_sub.add_parser("measure", help="time sampled one-op models in onnxruntime -> CSV")
-    p.add_argument("-n", type=int, default=2000, help="number of sampled ops (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parallelism", type=int, default=32, metavar="P",
+    p.add_argument("-n", type=_number(int, low=1, high=10**7), default=2000,
+                   help="number of sampled ops (default 2000)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--parallelism", type=_POSITIVE_INT, default=32, metavar="P",
                    help="channel counts are sampled around multiples of P (default 32)")
     p.add_argument("--space", default="default",
                    choices=["default", "wide", "oblong", "stem", "layout", "head"],
@@ -134,15 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "layout conversions and x2-x8 upsampling, blocked or not; head: 1-64 "
                         "channel class maps upsampled x2-x16 to the image, and their "
                         "conversion out of the blocked layout")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--repeats", type=_number(int, low=1, high=10**6), default=20)
+    p.add_argument("--threads", type=_number(int, low=0, high=4096), default=1,
                    help="onnxruntime intra-op threads, recorded in the CSV (default 1)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "zigzag"],
                    help="time on this machine, or simulate on a ZigZag accelerator "
                         "(pip install -e '.[zigzag]')")
     p.add_argument("--accelerator", default="edge_tpu_like",
                    help="ZigZag accelerator description (default edge_tpu_like)")
-    p.add_argument("--clock-hz", type=float, default=1e9,
+    p.add_argument("--clock-hz", type=_number(float, low=1e3, high=1e13), default=1e9,
                    help="ZigZag cycles to ms at this clock (default 1e9: 1 ms = 1e6 cycles)")
     p.add_argument("-o", "--output", required=True, metavar="CSV")
     p.add_argument("--append", action="store_true",
@@ -152,14 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = cost_sub.add_parser("fit", help="fit a regression estimator on a measurement CSV")
     p.add_argument("csv", help="measurements (ours, or your device's; see docs of columns)")
     p.add_argument("-o", "--output", required=True, metavar="ESTIMATOR.json")
-    p.add_argument("--parallelism", type=int, default=8, metavar="P",
+    p.add_argument("--parallelism", type=_POSITIVE_INT, default=8, metavar="P",
                    help="P for the channel-tile features (default 8, a CPU's SIMD lanes)")
     p.add_argument("--map-tile", default="1x1", metavar="OXxOY",
                    help="output pixels the array unrolls, columns x rows (default 1x1; "
                         "ZigZag's edge_tpu_like: 4x4), for the ideal-cycles feature")
-    p.add_argument("--holdout", type=float, default=0.2,
+    p.add_argument("--holdout", type=_number(float, low=0.0, high=1.0, high_open=True),
+                   default=0.2,
                    help="share of rows held out to report accuracy (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--json", action="store_true")
     p = cost_sub.add_parser("validate", help="whole models: measured latency vs estimate")
     p.add_argument("--target", default="cpu-ort", metavar="NAME|PATH",
@@ -172,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", action="store_true",
                    help="ZigZag-fitted targets: also each model against its exact optimize "
                         "result and its every-site fuse-ibn form (is the gain's sign right?)")
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=_number(int, low=1, high=10**6), default=30)
     p.add_argument("--retime-ops", type=int, default=0, metavar="N",
                    help="measured targets of this machine: after the models, time N of the "
                         "target's own ops again and scale its estimates by how fast they run "
@@ -182,10 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="build a model of the project's zoo")
     p.add_argument("name", help="mobilenetv2, mobilenetv3, ssdlite or lraspp")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--opset", type=int, default=13)
+    p.add_argument("--width", type=_number(float, low=0.0, low_open=True, high=16.0),
+                   default=1.0)
+    p.add_argument("--resolution", type=_number(int, low=1, high=4096), default=224)
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--opset", type=_number(int, low=1, high=1000), default=13)
+    p.add_argument("--static-padding", action="store_true",
+                   help="write each padded conv as an explicit zero Pad + unpadded conv, as "
+                        "TF-style 'SAME' exports (EfficientNet-Lite ports, tf2onnx) do")
     return parser
 
 
@@ -194,7 +365,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from rewriter.passes import PASSES
 
     if args.json:
-        print(json.dumps([{"name": c.name, "exact": c.exact, "summary": c.summary}
+        print(_json([{"name": c.name, "exact": c.exact, "summary": c.summary}
                           for c in PASSES.values()], indent=2))
         return 0
     width = max(len(n) for n in PASSES)
@@ -214,7 +385,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if not args.ops:
             data.pop("ops")
         data["model"] = args.model
-        print(json.dumps(data, indent=2))
+        print(_json(data, indent=2))
         return 0
     print(f"model   {args.model}  (opset {result.opset}, {len(result.ops)} nodes)")
     print("inputs  " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items()))
@@ -239,8 +410,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"\nchannel groups: {len(result.groups)} ({len(free)} free"
           f"{f', {shrink_only} of them may only shrink' if shrink_only else ''}, "
           f"{len(result.groups) - len(free)} frozen)")
+    for reason, count in result.frozen_reasons.items():
+        print(f"  frozen: {count} {'group' if count == 1 else 'groups'} {reason}")
     print("\nsites   " + ", ".join(f"{k} {v}" for k, v in result.sites.items())
           + f"   (align at P={args.multiple})")
+    for name, why in result.no_sites.items():
+        print(f"  {name}: {why}")
+    if result.canonical_notes:
+        print("\ncanonical form: " + "; ".join(result.canonical_notes))
     if args.ops:
         rows = [[r.name, r.op_type, "x".join(map(str, r.output_shape)), human(r.macs), r.params]
                 for r in result.ops]
@@ -255,7 +432,7 @@ def cmd_sites(args: argparse.Namespace) -> int:
     model = _load(args)
     found = rule.sites(model)
     if args.json:
-        print(json.dumps([s.to_dict() for s in found], indent=2))
+        print(_json([s.to_dict() for s in found], indent=2))
         return 0
     if not found:
         print(f"{rule.name}: no sites")
@@ -270,13 +447,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from rewriter.rewrite import apply_pass
     from rewriter.verify import load_inputs, verify
 
-    out = Path(args.output)
-    if out.exists() and out.resolve() == Path(args.model).resolve():
-        raise BadInputError("the output would overwrite the input model; choose another -o")
+    out = _check_output(args.output, _read_files(args, "model", "inputs", "calibration",
+                                                 "eval_data"))
     rule = get_pass(args.pass_name, args.multiple, multiplier=args.multiplier)
     if not rule.exact:
         return _apply_architecture_change(args, rule, out)
     model = _load(args)
+    _check_runnable(model)
     inputs = load_inputs(args.inputs, model) if args.inputs else None
     result = apply_pass(model, rule, args.site)
     report = verify(model, result.model, inputs, seed=args.seed, tolerance=args.tolerance)
@@ -296,7 +473,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         save_model(result.model, out)
         summary["output"] = str(out)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(_json(summary, indent=2))
     else:
         shown = result.applied if len(result.applied) <= 12 else result.applied[:10]
         for site in shown:
@@ -319,9 +496,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     target = _target(args.target)
     model = _load(args)
-    result = target.estimate(model)
+    _check_priceable(model)
+    with _geometry_errors():
+        result = target.estimate(model)
     if args.json:
-        print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
+        print(_json({"model": args.model, **result.to_dict()}, indent=2))
         return 0
     util = result.utilisation
     print(f"target  {result.target}   latency {result.latency_ms:.4f} ms"
@@ -363,26 +542,54 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from rewriter.search import Budget, optimize
     from rewriter.verify import load_inputs
 
-    out = Path(args.output)
-    if out.exists() and out.resolve() == Path(args.model).resolve():
-        raise BadInputError("the output would overwrite the input model; choose another -o")
+    from rewriter.paths import check_output_path, same_file
+    from rewriter.search.report import report_paths
+
+    read = _read_files(args, "model", "inputs", "calibration", "eval_data")
+    if Path(args.target).is_file():
+        read.append(args.target)
+    reports = report_paths(args.report) if args.report else []
+    out = _check_output(args.output, read, [*reports, *([args.report] if args.report else [])])
+    if args.report:  # the path as given, too: a report named like an input is a slip
+        for given in read:
+            if same_file(Path(args.report), Path(given)):
+                raise BadInputError(f"--report {args.report} names the input {given}; "
+                                    "choose another path")
+    for report in reports:
+        check_output_path(report, inputs=read, others=[out, *(r for r in reports if r != report)],
+                          what="--report", create_parents=True)
     max_params = parse_bytes(args.max_params) if args.max_params else None
     max_acts = parse_bytes(args.max_activations) if args.max_activations else None
     budget = Budget.parse(args.budget)
     target = _target(args.target)
     model = _load(args)
+    _check_priceable(model)
+    _check_runnable(model)
     inputs = load_inputs(args.inputs, model) if args.inputs else None
+    if not args.allow_architecture_changes:
+        ignored = [flag for flag, value in (
+            ("--min-fidelity", args.min_fidelity), ("--calibration", args.calibration),
+            ("--eval-data", args.eval_data), ("--recover-budget", args.recover_budget),
+            ("--fidelity-metric", args.fidelity_metric), ("--multipliers", args.multipliers))
+            if value is not None]
+        if ignored:
+            print(f"warning: {', '.join(ignored)} only matter with "
+                  "--allow-architecture-changes; ignored", file=sys.stderr)
     given = {}  # the rest keep optimize's defaults
     if args.min_fidelity is not None:
         given["min_fidelity"] = args.min_fidelity
     if args.multipliers is not None:
         given["multipliers"] = _multipliers(args.multipliers)
-    result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
-                      max_activation_bytes=max_acts, budget=budget, seed=args.seed,
-                      exact=not args.allow_architecture_changes, inputs=inputs,
-                      progress=not args.json and sys.stderr.isatty(),
-                      calibration=args.calibration,
-                      passes=args.passes.split(",") if args.passes else None, **given)
+    with _geometry_errors():
+        result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
+                          max_activation_bytes=max_acts, budget=budget, seed=args.seed,
+                          exact=not args.allow_architecture_changes, inputs=inputs,
+                          progress=not args.json and sys.stderr.isatty(),
+                          calibration=args.calibration, eval_data=args.eval_data,
+                          preprocess=args.preprocess, recover=args.recover,
+                          recover_budget=args.recover_budget,
+                          fidelity_metric=args.fidelity_metric,
+                          passes=args.passes.split(",") if args.passes else None, **given)
     emulated = None
     if args.validate_with == "zigzag":
         from rewriter.cost.zigzag import ZigZagError
@@ -407,7 +614,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                                "max_activation_bytes": max_acts})
         written += [str(p) for p in write_report(data, args.report)]
     if args.json:
-        print(json.dumps({"model": args.model, "output": str(out), **result.to_dict(),
+        print(_json({"model": args.model, "output": str(out), **result.to_dict(),
                           "zigzag": emulated, "written": written}, indent=2))
         return 0
     b, a = result.before, result.after
@@ -434,6 +641,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.fidelity is not None:
+        if result.fidelity.before_recovery is not None:
+            print(f"fidelity before recovery: {result.fidelity.before_recovery.summary()}")
         print(f"fidelity (floor {result.min_fidelity}): {result.fidelity.summary()}")
     print(result.verification.summary())
     print("wrote " + ", ".join(written))
@@ -450,7 +659,7 @@ def _cost_measure(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
-    out = Path(args.output)
+    out = _check_output(args.output)
     kept = []
     if args.append and out.exists():
         kept = read_csv(out)  # a bad file fails here, before any measuring
@@ -464,9 +673,7 @@ def _cost_measure(args: argparse.Namespace) -> int:
         dispatch, floor = calibrate(args.threads)  # the floor measure_specs removes, too
         rows = measure_specs(specs, repeats=args.repeats, threads=args.threads,
                              floor_ms=floor * 1e3)
-    tmp = out.with_name(f".{out.name}.tmp")
-    write_csv(tmp, [*kept, *rows])
-    tmp.replace(out)
+    write_csv(out, [*kept, *rows])  # atomically (rewriter.atomic)
     added = f" (after the {len(kept)} already there)" if kept else ""
     if args.backend == "zigzag":
         print(f"wrote {out}: {len(rows)} ops simulated on ZigZag {args.accelerator}{added}")
@@ -484,6 +691,7 @@ def _cost_fit(args: argparse.Namespace) -> int:
     from rewriter.cost.measure import read_csv
     from rewriter.cost.regression import RegressionEstimator
 
+    _check_output(args.output, [args.csv])
     rows = read_csv(args.csv)
     if not 0 <= args.holdout < 1:
         raise BadInputError("--holdout must be in [0, 1)")
@@ -501,7 +709,7 @@ def _cost_fit(args: argparse.Namespace) -> int:
     final = RegressionEstimator(**array).fit(rows)
     final.save(args.output)
     if args.json:
-        print(json.dumps({"rows": len(rows), "held_out": len(test), "output": args.output,
+        print(_json({"rows": len(rows), "held_out": len(test), "output": args.output,
                           "report": None if report is None else report.__dict__}, indent=2))
     else:
         if report is not None:
@@ -555,7 +763,7 @@ def _cost_validate(args: argparse.Namespace) -> int:
             pairs = [pair for case in cases for pair in rewrite_pairs(case, target)]
             gains = gains_on_zigzag(target, pairs, progress=progress)
     if args.json:
-        print(json.dumps({**report.to_dict(), **({"gains": gains.to_dict()} if gains else {})},
+        print(_json({**report.to_dict(), **({"gains": gains.to_dict()} if gains else {})},
                          indent=2))
         return 0
     print(report.text("measured ms" if accelerator is None else f"ZigZag {accelerator} ms"))
@@ -565,53 +773,96 @@ def _cost_validate(args: argparse.Namespace) -> int:
 
 
 def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int:
-    """A pass that changes the function: refit from calibration data, report fidelity."""
-    from rewriter.changes import METADATA_KEY
-    from rewriter.fidelity import calibration_split, measure_fidelity
-    from rewriter.graph_io import save_model
+    """A pass that changes the function: refit, recover, report fidelity on held-out data."""
     from rewriter.passes import get_pass
-    from rewriter.reconstruct import refit
+    from rewriter.recovery import recover
     from rewriter.rewrite import apply_pass
-    from rewriter.staged import sample_count
 
     if not args.allow_architecture_changes:
         raise BadInputError(f"{rule.name} changes the architecture (the model computes "
                             "something else); pass --allow-architecture-changes to apply it, "
-                            "with --calibration FILE.npz to refit its weights on real inputs")
+                            "with --calibration DATA to recover its weights on real inputs")
     original = _load(args)
+    _check_runnable(original)
     folded = apply_pass(original, get_pass("fold-bn")).model  # same function, BN folded
-    fit, held_out, warnings = calibration_split(folded, args.calibration, seed=args.seed)
     result = apply_pass(folded, rule, args.site)
-    result.model = refit(folded, result.model, fit,
-                         progress=not args.json and sys.stderr.isatty())
-    fidelity = measure_fidelity(folded, result.model, held_out)
-    if result.applied:
-        result.model.metadata[METADATA_KEY] = result.model.changes.label()
-        save_model(result.model, out)
-    summary = {"model": args.model, "pass": rule.name, "exact": False,
-               "applied": [s.to_dict() for s in result.applied],
-               "fidelity": fidelity.to_dict(), "warnings": warnings,
-               "output": str(out) if result.applied else None}
-    if args.json:
-        print(json.dumps(summary, indent=2))
+    if not result.applied:
+        print(f"{rule.name}: no sites to apply; nothing written")
         return 0
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"applied  {rule.name} at {len(result.applied)} sites (weights refitted on "
-          f"{sample_count(fit)} calibration inputs)")
-    print(f"fidelity on {sample_count(held_out)} held-out inputs: {fidelity.summary()}")
-    if result.applied:
-        print(f"wrote {out} (architecture changed: fine-tune before use)")
+    recovery = recover(folded, result.model, args.calibration, eval_data=args.eval_data,
+                       preprocess=args.preprocess, method=args.recover,
+                       budget=args.recover_budget, metric=args.fidelity_metric,
+                       seed=args.seed, progress=not args.json and sys.stderr.isatty())
+    _write(recovery.model, out)
+    summary = {"model": args.model, "pass": rule.name, "exact": False,
+               "applied": [s.to_dict() for s in result.applied], **recovery.to_dict(),
+               "output": str(out)}
+    _print_recovery(args, summary, recovery, f"applied  {rule.name} at "
+                    f"{len(result.applied)} sites", out)
     return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from rewriter.graph_io import load_model, parse_input_shapes
+    from rewriter.recovery import lower_bound, recover
+
+    out = _check_output(args.output, _read_files(args, "original", "model", "calibration",
+                                                 "eval_data"))
+    if args.min_fidelity is not None and not 0.0 <= args.min_fidelity <= 1.0:
+        raise BadInputError(f"--min-fidelity must be within [0, 1], not {args.min_fidelity}")
+    shapes = parse_input_shapes(args.input_shape)
+    teacher, student = load_model(args.original, shapes), load_model(args.model, shapes)
+    _check_runnable(teacher)
+    _check_runnable(student)
+    recovery = recover(teacher, student,
+                       args.calibration, eval_data=args.eval_data, preprocess=args.preprocess,
+                       method=args.recover, budget=args.recover_budget,
+                       metric=args.fidelity_metric, seed=args.seed,
+                       progress=not args.json and sys.stderr.isatty())
+    bound = lower_bound(recovery.fidelity, args.fidelity_metric)
+    if args.min_fidelity is not None and bound < args.min_fidelity:
+        raise VerificationError(
+            f"recovered fidelity {recovery.fidelity.value(args.fidelity_metric):.4f} "
+            f"(one standard error down: {bound:.4f}) is below --min-fidelity "
+            f"{args.min_fidelity} on {recovery.fidelity.measured_on}; nothing written")
+    _write(recovery.model, out)
+    summary = {"original": args.original, "model": args.model, **recovery.to_dict(),
+               "output": str(out)}
+    _print_recovery(args, summary, recovery, f"recovered {args.model}", out)
+    return 0
+
+
+def _write(model, out: Path) -> None:
+    from rewriter.graph_io import save_model
+
+    save_model(model, out)
+
+
+def _print_recovery(args: argparse.Namespace, summary: dict, recovery, headline: str,
+                    out: Path) -> None:
+    if args.json:
+        print(_json(summary, indent=2))
+        return
+    for warning in recovery.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    fidelity = recovery.fidelity
+    print(f"{headline}; {recovery.method} in {recovery.seconds:.0f} s"
+          + (f" ({recovery.steps} steps)" if recovery.steps else ""))
+    if fidelity.before_recovery is not None:
+        print(f"before recovery: {fidelity.before_recovery.summary()}")
+    print(f"after recovery:  {fidelity.summary()}")
+    print(f"wrote {out} (architecture changed; labelled in its metadata)")
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rewriter import zoo
     from rewriter.graph_io import save_model
 
+    _check_output(args.output)
     try:
         proto = zoo.build(args.name, width=args.width, resolution=args.resolution,
-                          seed=args.seed, opset=args.opset)
+                          seed=args.seed, opset=args.opset,
+                          static_padding=args.static_padding)
     except ValueError as exc:
         raise BadInputError(str(exc)) from None
     save_model(proto, args.output)
@@ -621,7 +872,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
-            "apply": cmd_apply, "estimate": cmd_estimate, "optimize": cmd_optimize,
+            "apply": cmd_apply, "recover": cmd_recover, "estimate": cmd_estimate,
+            "optimize": cmd_optimize,
             "cost": cmd_cost, "zoo": cmd_zoo}
 
 
@@ -636,6 +888,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "passes":
+        import rewriter.runtime  # noqa: F401  onnxruntime logs errors only (its warnings leak)
     try:
         return COMMANDS[args.command](args)
     except RewriterError as exc:

@@ -340,6 +340,9 @@ def _load_npz(path: Path, model: Model) -> Samples:
         if value.dtype.kind not in "biuf":
             raise BadInputError(f"calibration data {path}: '{name}' is {value.dtype}, not "
                                 "numbers")
+        if value.ndim == 0:
+            raise BadInputError(f"calibration data {path}: '{name}' is a scalar (0-d array); "
+                                "expected a batch of inputs, batch first")
         expected = _expected_shape(model, name)
         if value.ndim != len(expected) or any(
                 e is not None and e != d for e, d in zip(expected[1:], value.shape[1:])):

@@ -15,8 +15,8 @@ that is written keeps the symbolic batch.
 from __future__ import annotations
 
 import logging
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from rewriter.canonical import canonicalize
 from rewriter.changes import ArchitectureChanges
-from rewriter.errors import BadInputError, UnsupportedError
+from rewriter.errors import BadInputError, RewriterError, UnsupportedError
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
@@ -37,6 +37,23 @@ logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
 _PROTOBUF_LIMIT = 2**31 - 2**24
 
 Shape = tuple[int, ...]
+
+
+# Constant folding creates no tensor larger than this (a tiny model's ConstantOfShape could
+# otherwise expand to gigabytes on load); larger constant subgraphs stay as they are.
+FOLD_SIZE_LIMIT = 16 * 2**20
+
+# Inputs beyond this many bytes (float32, all inputs together) are refused before anything
+# is allocated: verification and calibration materialise them.
+MAX_INPUT_BYTES = 4 * 2**30
+_MAX_DIM = 2**31 - 1
+# Running a model (to size what shape inference cannot) allocates its inputs: at most this.
+MAX_RUN_BYTES = 2**30
+
+
+def _input_bytes_error(total: int, what: str) -> BadInputError:
+    return BadInputError(f"{what}: the inputs would need {total / 2**30:,.1f} GiB "
+                         f"(float32); at most {MAX_INPUT_BYTES // 2**30} GiB is supported")
 
 
 def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, Shape]:
@@ -55,7 +72,14 @@ def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, Shape]:
                 f"bad --input-shape {spec!r}: expected NAME=DxDx... with positive integers, "
                 "e.g. input=1x3x224x224"
             ) from None
+        if any(d > _MAX_DIM for d in shape):
+            raise BadInputError(f"bad --input-shape {spec!r}: a dim is larger than {_MAX_DIM}")
+        if name in shapes:
+            raise BadInputError(f"--input-shape {name} is given twice")
         shapes[name] = shape
+    total = sum(4 * math.prod(s) for s in shapes.values())
+    if total > MAX_INPUT_BYTES:
+        raise _input_bytes_error(total, "--input-shape")
     return shapes
 
 
@@ -200,6 +224,12 @@ def _shapes_from_onnxruntime(
     """Shapes ONNX inference could not resolve, read off one onnxruntime run."""
     from rewriter.runtime import run_model, with_outputs
 
+    need = sum(4 * math.prod(shape) for shape in inputs.values())
+    if need > MAX_RUN_BYTES:
+        raise UnsupportedError(
+            f"shape inference cannot size {len(names)} tensors (e.g. '{names[0]}'), and "
+            f"running the model to find them would need {need / 2**30:,.1f} GiB of inputs; "
+            f"at most {MAX_RUN_BYTES / 2**30:g} GiB")
     probe = with_outputs(proto, names)
     feeds = {
         name: np.zeros(shape, dtype=np.float32) for name, shape in inputs.items()
@@ -220,7 +250,13 @@ def load_model(
     if path.is_dir():
         raise BadInputError(f"{path} is a directory, not an ONNX file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        # External data is checked (confined to the model's folder) before it is read.
+        proto = onnx.load(str(path), load_external_data=False)
+        if _uses_external_data(proto):
+            _check_external_data(proto, path)
+            onnx.load_external_data_for_model(proto, str(path.parent))
+    except RewriterError:
+        raise
     except DecodeError as exc:
         raise BadInputError(f"{path} is not an ONNX model (protobuf parse failed: {exc})") from None
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -229,6 +265,149 @@ def load_model(
     except Exception as exc:  # protobuf raises its own types for truncated input
         raise BadInputError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})") from None
     return model_from_proto(proto, input_shapes, source=str(path))
+
+
+def _all_tensors(proto: onnx.ModelProto):
+    """Every TensorProto of the model: initializers and tensor attributes, subgraphs too."""
+    stack: list = [proto.graph]
+    for function in proto.functions:
+        stack.extend(function.node)  # a node's tensors are in its attributes
+    while stack:
+        item = stack.pop()
+        if isinstance(item, onnx.GraphProto):
+            yield from item.initializer
+            for sparse in item.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+            stack.extend(item.node)
+            continue
+        for attr in item.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                stack.append(attr.g)
+            stack.extend(attr.graphs)
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data)
+               for t in _all_tensors(proto))
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data that is not a plain file inside the model's folder, or whose
+    offset and length run past that file; checked before onnx reads any of it."""
+    base = path.parent.resolve()
+    sizes: dict[str, int] = {}
+    for tensor in _all_tensors(proto):
+        if not (tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data)):
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        where = f"{path}: tensor '{tensor.name}' external data"
+
+        def refuse(problem: str) -> BadInputError:
+            return BadInputError(f"{where} {problem}; refusing to read it")
+
+        location = entries.get("location", "")
+        if not location or "\x00" in location:
+            raise refuse("has no file name")
+        rel = Path(location)
+        if not rel.parts:
+            raise refuse("has no file name")
+        if rel.is_absolute() or location.startswith(("/", "\\")) or ":" in rel.parts[0]:
+            raise refuse(f"location {location!r} is an absolute path")
+        if any(part == ".." for part in Path(location.replace("\\", "/")).parts):
+            raise refuse(f"location {location!r} leaves the model's folder ('..')")
+        current = base
+        for part in rel.parts:
+            current = current / part
+            if current.is_symlink():
+                raise refuse(f"location {location!r} goes through a symlink")
+        target = base / rel
+        try:
+            resolved = target.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise refuse(f"file {location!r} does not exist next to the model") from None
+        if resolved != base and base not in resolved.parents:
+            raise refuse(f"location {location!r} resolves outside the model's folder")
+        if not resolved.is_file():
+            raise refuse(f"location {location!r} is not a regular file")
+        try:
+            offset = int(entries.get("offset", "0") or 0)
+            length = int(entries["length"]) if entries.get("length") else None
+        except ValueError:
+            raise refuse("has a non-integer offset or length") from None
+        if offset < 0 or (length is not None and length < 0):
+            raise refuse("has a negative offset or length")
+        size = sizes.setdefault(str(resolved), resolved.stat().st_size)
+        end = offset + (length if length is not None else 0)
+        if offset > size or end > size:
+            raise refuse(f"offset {offset} + length {length or 0} runs past the end of "
+                         f"{location!r} ({size} bytes)")
+
+
+def _check_text(proto: onnx.ModelProto, where: str) -> None:
+    """Every string field (names, op types, domains) is valid UTF-8: protobuf hands back
+    bytes for one that is not, which fails deep inside graph handling."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack = [proto]
+    while stack:
+        message = stack.pop()
+        for field, value in message.ListFields():
+            if field.type == FieldDescriptor.TYPE_STRING:
+                for text in [value] if isinstance(value, (str, bytes)) else value:
+                    if not isinstance(text, str):
+                        raise BadInputError(f"{where} is not a valid ONNX model: field "
+                                            f"'{field.name}' is not UTF-8 text ({text[:40]!r})")
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                if hasattr(value, "ListFields"):
+                    stack.append(value)
+                else:
+                    stack.extend(value)
+
+
+_PACKED_TYPES = {name for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                 if hasattr(onnx.TensorProto, name)}
+
+
+def _check_tensor_data(proto: onnx.ModelProto, where: str) -> None:
+    """Every tensor's data holds as many elements as its dims say (the checker does not
+    look; numpy would fail deep inside loading)."""
+    known = set(onnx.TensorProto.DataType.values())
+    for vi in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in known:
+            raise BadInputError(f"{where}: tensor '{vi.name}' has the unknown element type "
+                                f"{vi.type.tensor_type.elem_type}")
+    for tensor in _all_tensors(proto):
+        if tensor.data_type not in known:
+            raise BadInputError(f"{where}: tensor '{tensor.name}' has the unknown data type "
+                                f"{tensor.data_type}")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            continue
+        name = f"{where}: tensor '{tensor.name}'"
+        if any(d < 0 for d in tensor.dims):
+            raise BadInputError(f"{name} has a negative dim {list(tensor.dims)}")
+        count = math.prod(tensor.dims)
+        try:
+            type_name = onnx.TensorProto.DataType.Name(tensor.data_type)
+            if type_name in _PACKED_TYPES or tensor.data_type in (
+                    onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+                continue
+            if tensor.HasField("raw_data"):
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+                have, want = len(tensor.raw_data), count * itemsize
+            else:
+                field_name = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+                per = 2 if type_name.startswith("COMPLEX") else 1
+                have, want = len(getattr(tensor, field_name)), count * per
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue  # a type this onnx does not map: the loader below judges it
+        if have != want:
+            unit = "bytes" if tensor.HasField("raw_data") else "values"
+            raise BadInputError(f"{name} has dims {list(tensor.dims)} ({count} elements) but "
+                                f"its data holds {have} {unit} (expected {want})")
 
 
 def model_from_proto(
@@ -241,6 +420,8 @@ def model_from_proto(
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise BadInputError(f"{where} is not an ONNX model (no graph or no nodes)")
     notes: list[str] = []
+    _check_text(proto, where)
+    _check_opsets(proto, where)  # before the checker, whose message on a future opset is long
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -256,11 +437,14 @@ def model_from_proto(
                      else type(error).__name__)
             raise BadInputError(f"{where} is not a valid ONNX model: {first}") from None
     _check_supported(proto, where)
+    _check_tensor_data(proto, where)
 
     graph = gs.import_onnx(proto)
     _constant_nodes_to_initializers(graph)
     try:
-        graph.fold_constants(error_ok=True)
+        big = _large_tensors(proto)
+        graph.fold_constants(error_ok=True, size_threshold=FOLD_SIZE_LIMIT,
+                             should_exclude_node=lambda n: any(t.name in big for t in n.outputs))
     except Exception:  # folding is an optimisation; an unfoldable graph still loads
         pass
     # Folding leaves dead constant subgraphs; drop them so that canonicalize sees only the
@@ -269,6 +453,11 @@ def model_from_proto(
     notes.extend(canonicalize(graph))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     _name_nodes(graph)
+    constant = [t.name for t in graph.outputs if isinstance(t, gs.Constant)]
+    if constant:
+        raise UnsupportedError(
+            f"{where}: output {', '.join(repr(n) for n in constant)} is a constant (it depends "
+            "on no input); models whose outputs are constants are not supported")
 
     model = Model(
         graph=graph,
@@ -279,7 +468,53 @@ def model_from_proto(
         canonical_notes=notes,
     )
     model.input_shapes = _resolve_input_shapes(graph, dict(input_shapes or {}))
+    total = sum(4 * math.prod(s) for s in model.input_shapes.values()
+                if s is not None)
+    if total > MAX_INPUT_BYTES:
+        raise _input_bytes_error(total, where)
     return model
+
+
+# Ops whose output may be much larger than their inputs: not folded when inference cannot
+# say how large the output is.
+_EXPANDING_OPS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
+                  "OneHot", "EyeLike", "RandomNormal", "RandomUniform"}
+
+
+def _large_tensors(proto: onnx.ModelProto) -> set[str]:
+    """Node outputs that constant folding must not compute: larger than FOLD_SIZE_LIMIT
+    (by shape inference), or of an expanding op whose size inference cannot tell. Folding
+    evaluates a subgraph before it looks at the result's size, so the cap must come first."""
+    constant = {t.name for t in proto.graph.initializer} | {""}
+    foldable = False
+    for node in proto.graph.node:
+        if all(name in constant for name in node.input):
+            constant.update(node.output)
+            foldable = foldable or node.op_type != "Constant"
+    if not foldable:  # nothing to fold: spare the shape inference
+        return set()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        inferred = proto
+    sizes: dict[str, int | None] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+            except Exception:  # undefined or exotic: assume the widest
+                itemsize = 8
+            sizes[vi.name] = itemsize * math.prod(max(int(d.dim_value), 0)
+                                                  for d in tt.shape.dim)
+    big = set()
+    for node in proto.graph.node:
+        for name in node.output:
+            size = sizes.get(name)
+            if size is None and node.op_type in _EXPANDING_OPS or (
+                    size is not None and size > FOLD_SIZE_LIMIT):
+                big.add(name)
+    return big
 
 
 def _output_type_missing(vi: onnx.ValueInfoProto) -> bool:
@@ -353,19 +588,82 @@ def _onnxruntime_output_shapes(proto: onnx.ModelProto) -> dict[str, list[object]
         return {}
 
 
+MIN_OPSET = 11
+_OPSET_PROBED: dict[int, bool] = {}
+
+
+def _onnxruntime_runs_opset(version: int) -> bool:
+    """Whether this onnxruntime loads a one-Relu model at `version` (cached)."""
+    if version not in _OPSET_PROBED:
+        from onnx import TensorProto, helper
+
+        from rewriter.runtime import session
+
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)])
+        probe.ir_version = min(probe.ir_version, 10)
+        try:
+            session(probe, optimize=False)
+            _OPSET_PROBED[version] = True
+        except Exception:
+            _OPSET_PROBED[version] = False
+    return _OPSET_PROBED[version]
+
+
+def max_supported_opset() -> int:
+    """The newest default-domain opset both onnx and onnxruntime here handle."""
+    newest = onnx.defs.onnx_opset_version()
+    while newest > MIN_OPSET and not _onnxruntime_runs_opset(newest):
+        newest -= 1
+    return newest
+
+
 def _check_supported(proto: onnx.ModelProto, where: str) -> None:
+    _check_opsets(proto, where)
+    _check_ops(proto, where)
+
+
+def _check_opsets(proto: onnx.ModelProto, where: str) -> None:
     for opset in proto.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < 11:
+        if opset.domain in ("", "ai.onnx") and opset.version < MIN_OPSET:
             raise UnsupportedError(
-                f"{where} uses opset {opset.version}; opset 11 or newer is supported "
+                f"{where} uses opset {opset.version}; opset {MIN_OPSET} or newer is supported "
                 "(upgrade it with onnx.version_converter)"
             )
+        if (opset.domain in ("", "ai.onnx") and opset.version > onnx.defs.onnx_opset_version()
+                or opset.domain in ("", "ai.onnx") and opset.version > 21
+                and not _onnxruntime_runs_opset(opset.version)):
+            raise UnsupportedError(
+                f"{where} uses opset {opset.version}; opsets {MIN_OPSET} to "
+                f"{max_supported_opset()} are supported here (onnx {onnx.__version__}, "
+                "onnxruntime)"
+            )
+
+
+# Window attributes of convs and pools, and the least value each may take.
+_WINDOW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"}
+_ATTRIBUTE_FLOOR = {"group": 1, "strides": 1, "dilations": 1, "kernel_shape": 1, "pads": 0,
+                    "output_padding": 0}
+
+
+def _check_ops(proto: onnx.ModelProto, where: str) -> None:
     for node in proto.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedError(
                 f"{where}: op {node.op_type} of domain '{node.domain}' (node '{node.name}') "
                 "is not supported"
             )
+        if node.op_type in _WINDOW_OPS:
+            for attr in node.attribute:
+                floor = _ATTRIBUTE_FLOOR.get(attr.name)
+                values = list(attr.ints) if attr.ints else [attr.i]
+                if floor is not None and any(v < floor for v in values):
+                    raise BadInputError(
+                        f"{where}: node '{node.name}' ({node.op_type}) has {attr.name} "
+                        f"{values if attr.ints else attr.i}; each must be >= {floor}")
     for inp in proto.graph.input:
         elem = inp.type.tensor_type.elem_type
         if elem != onnx.TensorProto.FLOAT:
@@ -463,7 +761,10 @@ def _resolve_input_shapes(
 
 # -- saving ----------------------------------------------------------------------------
 def save_model(model: Model | onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write atomically: a temporary file beside the target, checked, then renamed."""
+    """Write atomically (rewriter.atomic): a temporary file beside the target, checked, then
+    renamed; the file gets the umask's mode, or keeps the mode of the file it replaces."""
+    from rewriter.atomic import new_file_mode, temp_beside
+
     proto = model.to_onnx() if isinstance(model, Model) else model
     path = Path(path)
     if path.is_dir():
@@ -472,13 +773,16 @@ def save_model(model: Model | onnx.ModelProto, path: str | os.PathLike[str]) -> 
     if not directory.exists():
         raise BadInputError(f"output directory {directory} does not exist")
     external = proto.ByteSize() > _PROTOBUF_LIMIT
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
     data_name = f"{path.name}.data"
-    tmp_data = directory / f".{data_name}.tmp"
+    mode, data_mode = new_file_mode(path), new_file_mode(directory / data_name)
+    created: list[Path] = []
     try:
+        tmp = temp_beside(path)
+        created.append(tmp)
         if external:
+            # A fresh, exclusively created file: onnx appends the tensors to it.
+            tmp_data = temp_beside(directory / data_name)
+            created.append(tmp_data)
             onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                       location=tmp_data.name)
         else:
@@ -492,13 +796,17 @@ def save_model(model: Model | onnx.ModelProto, path: str | os.PathLike[str]) -> 
                     if entry.key == "location":
                         entry.value = data_name
             onnx.save(saved, str(tmp))
+            os.chmod(tmp_data, data_mode)
             os.replace(tmp_data, directory / data_name)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise BadInputError(f"refusing to write {path}: the model fails onnx.checker: "
                             f"{str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        for leftover in (tmp, tmp_data):
+        for leftover in created:
             if leftover.exists():
                 leftover.unlink()
     return path

@@ -10,6 +10,10 @@ import onnxruntime as ort
 
 from rewriter.errors import UnsupportedError
 
+# onnxruntime's own warnings (graph-optimizer notes and the like) are not the user's
+# business: the tool's sessions, and onnxruntime's default logger, log errors only.
+ort.set_default_logger_severity(3)
+
 
 def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True, *,
             profile_prefix: str | None = None, optimized_path: str | None = None

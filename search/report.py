@@ -25,13 +25,11 @@ Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -892,20 +890,19 @@ def _svg_pareto(front: Sequence[_Point], candidates: Sequence[_Point],
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write `text` to `path` with the tool's one atomic writer (rewriter.atomic)."""
+    from rewriter.atomic import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def report_paths(path: str | os.PathLike) -> list[Path]:
+    """The files `write_report(data, path)` writes: `path` itself for .html/.htm/.md,
+    otherwise `<path>.html` and `<path>.md`."""
+    path = Path(path)
+    if path.suffix.lower() in (".html", ".htm", ".md"):
+        return [path]
+    return [path.with_name(path.name + ".html"), path.with_name(path.name + ".md")]
 
 
 def write_report(data: dict, path: str | os.PathLike) -> list[Path]:
