@@ -21,6 +21,11 @@ PASSES: dict[str, type[Pass]] = {
                 AlignChannelsDown, DepthMultiplier)
 }
 EXACT_PASSES = [name for name, cls in PASSES.items() if cls.exact]
+# The passes giving the canonical form the search starts from, in registry order.
+CANONICAL_PASSES: list[type[Pass]] = [cls for cls in PASSES.values() if cls.canonical]
+# The passes the search makes genes from, in the order it builds them.
+SEARCH_PASSES: list[type[Pass]] = sorted((cls for cls in PASSES.values() if cls.order is not None),
+                                         key=lambda cls: cls.order or 0)
 
 
 def get_pass(name: str, multiple: int | None = None, *,
@@ -30,16 +35,14 @@ def get_pass(name: str, multiple: int | None = None, *,
     cls = PASSES.get(name)
     if cls is None:
         raise BadInputError(f"unknown pass {name!r}; passes are: {', '.join(PASSES)}")
-    if multiplier is not None and cls is not DepthMultiplier:
-        raise BadInputError(f"--multiplier applies to depth-multiplier only, not {name}")
-    options: dict[str, object] = {}
-    if multiple is not None:
-        options["multiple"] = multiple
-    if multiplier is not None:
-        options["multiplier"] = multiplier
-    if cls in (AlignChannelsUp, AlignChannelsDown, DepthMultiplier):
-        return cls(**options)  # type: ignore[call-arg]
-    return cls()
+    if multiplier is not None and "multiplier" not in cls.options:
+        takers = ", ".join(n for n, c in PASSES.items() if "multiplier" in c.options)
+        raise BadInputError(f"--multiplier applies to {takers} only, not {name}")
+    given = {"multiple": multiple, "multiplier": multiplier}
+    options = {key: value for key, value in given.items()
+               if value is not None and key in cls.options}
+    return cls(**options)  # type: ignore[call-arg]
 
 
-__all__ = ["EXACT_PASSES", "PASSES", "Pass", "Site", "get_pass"]
+__all__ = ["CANONICAL_PASSES", "EXACT_PASSES", "PASSES", "SEARCH_PASSES", "Pass", "Site",
+           "get_pass"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from rewriter.graph_io import Model
 from rewriter.passes.align_channels_up import AlignChannels
-from rewriter.passes.base import Site
+from rewriter.passes.base import Effect, SearchView, SetTo, Site, group_claim
 from rewriter.passes.prune import prune_groups
 
 
@@ -33,6 +33,14 @@ class AlignChannelsDown(AlignChannels):
     summary = "prune a coupled channel group down to a multiple of P (weights refitted)"
     verb = "prune"
     consumers_note = "consumers refitted"
+    order = 2
+    precedence = 20
+
+    def effect(self, site: Site, view: SearchView) -> Effect:
+        """The group goes from C to C' = floor(C/P)*P, unless an earlier effect (a depth
+        multiplier) already set its count: both claim the group."""
+        to = int(site.detail["to"])  # type: ignore[call-overload]
+        return Effect(channels={site.id: SetTo(to)}, claims=frozenset({group_claim(site.id)}))
 
     def target(self, channels: int) -> int:
         """floor(C/P)*P, or C itself where that would leave less than one tile of P."""

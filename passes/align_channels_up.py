@@ -25,7 +25,8 @@ from rewriter.analysis.channels import ChannelGroup, channel_groups, channel_par
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value
-from rewriter.passes.base import Namer, Pass, Site, constant, finish
+from rewriter.passes.base import (Effect, Namer, Pass, RoundUp, SearchView, Site, constant,
+                                   finish)
 from rewriter.passes.prune import paddable, prunable
 
 
@@ -43,6 +44,7 @@ class AlignChannels(Pass):
 
     verb: ClassVar[str]  # how the site's description names the change
     consumers_note: ClassVar[str] = "consumers"
+    options = ("multiple",)
 
     @staticmethod
     def changeable(group: ChannelGroup) -> bool:
@@ -80,6 +82,13 @@ class AlignChannelsUp(AlignChannels):
     exact = True
     summary = "zero-pad a coupled channel group up to a multiple of P"
     verb = "pad"
+    order = 4
+    precedence = 30  # after the multiplier and align-down: it pads what they leave
+
+    def effect(self, site: Site, view: SearchView) -> Effect:
+        """The group's count C (as earlier effects left it) becomes ceil(C/P)*P; inert
+        where C is already a multiple of P. It claims nothing: it composes with them."""
+        return Effect(channels={site.id: RoundUp(self.multiple)})
 
     @staticmethod
     def changeable(group: ChannelGroup) -> bool:

@@ -22,12 +22,13 @@ the kept channels, by ridge least squares from calibration data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import floor
 
 from rewriter.analysis.channels import channel_groups
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.passes.base import Pass, Site
+from rewriter.passes.base import Effect, Pass, SearchView, SetTo, Site, group_claim
 from rewriter.passes.prune import prunable, prune_groups
 
 
@@ -35,6 +36,22 @@ class DepthMultiplier(Pass):
     name = "depth-multiplier"
     exact = False
     summary = "scale every prunable channel group by m, rounded to multiples of P (refitted)"
+    options = ("multiple", "multiplier")
+    order = 1
+    precedence = 10
+
+    @classmethod
+    def variants(cls, multiple: int, multipliers: Sequence[float]) -> list[DepthMultiplier]:
+        """One instance, so one gene, per multiplier the search offers."""
+        return [cls(multiple, multiplier) for multiplier in multipliers]
+
+    def effect(self, site: Site, view: SearchView) -> Effect:
+        """Each changed group gets C'. One multiplier is effective per genome, the smallest
+        (rank m), and it claims its groups, so align-down on them is inert."""
+        groups = dict(site.detail["groups"])  # type: ignore[call-overload]
+        return Effect(channels={gid: SetTo(int(pair[1])) for gid, pair in groups.items()},
+                      claims=frozenset({(self.name,), *map(group_claim, groups)}),
+                      rank=self.multiplier)
 
     def __init__(self, multiple: int = 32, multiplier: float = 0.5) -> None:
         if multiple < 1:

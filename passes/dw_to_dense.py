@@ -13,13 +13,24 @@ from __future__ import annotations
 from rewriter.conv_math import grouped_to_dense
 from rewriter.graph_io import Model
 from rewriter.graph_query import conv_info
-from rewriter.passes.base import Namer, Pass, Site, constant, finish
+from rewriter.passes.base import (Effect, Namer, Pass, SearchView, Site, constant, finish,
+                                   kernel_claim)
 
 
 class DepthwiseToDense(Pass):
     name = "dw-to-dense"
     exact = True
     summary = "replace a depthwise/grouped conv by a dense conv with block-diagonal weights"
+    order = 5
+    precedence = 60  # after the fusions: a fusion wins over it on a shared conv
+
+    def effect(self, site: Site, view: SearchView) -> Effect | None:
+        """The conv's kernel gets groups 1 (kind conv): weights Cout*Cin*K*K instead of
+        Cout*(Cin/g)*K*K. No tensor changes."""
+        kernel = view.kernel_of(site.nodes[0])
+        if kernel is None:
+            return None
+        return Effect(dense=(kernel,), claims=frozenset({kernel_claim(kernel)}))
 
     def sites(self, model: Model) -> list[Site]:
         found = []

@@ -19,6 +19,7 @@ class FoldBatchNorm(Pass):
     name = "fold-bn"
     exact = True
     summary = "fold BatchNormalization into the preceding Conv (scale weights, shift bias)"
+    canonical = True  # free on targets fusing BN into the conv, so the search starts after it
 
     def sites(self, model: Model) -> list[Site]:
         found = []

@@ -29,13 +29,26 @@ import onnx_graphsurgeon as gs
 from rewriter.analysis.blocks import follow_bn_act
 from rewriter.graph_io import Model
 from rewriter.graph_query import conv_attrs, conv_info
-from rewriter.passes.base import Namer, Pass, Site, constant, finish
+from rewriter.passes.base import (Effect, Fusion, Namer, Pass, SearchView, Site, constant,
+                                   finish, kernel_claim)
 
 
 class FuseIBN(Pass):
     name = "fuse-ibn"
     exact = False
     summary = "fuse an IBN's 1x1 expand + act + KxK depthwise into one KxK dense conv"
+    order = 3
+    precedence = 40  # before fuse-linear-conv: it wins on a shared expansion conv
+
+    def effect(self, site: Site, view: SearchView) -> Effect | None:
+        """E's kernel is removed (E and the activation do not run); D's kernel becomes a
+        dense KxK conv Cin -> M reading E's input, weights M*Cin*K*K instead of M*K*K +
+        M*Cin. Claims both kernels."""
+        fusion = Fusion.of(site, view)
+        if fusion is None:
+            return None
+        return Effect(fusion=fusion, claims=frozenset(
+            {kernel_claim(fusion.first), kernel_claim(fusion.second)}))
 
     def sites(self, model: Model) -> list[Site]:
         found = []

@@ -18,7 +18,8 @@ import numpy as np
 from rewriter.conv_math import conv2d, grouped_to_dense
 from rewriter.graph_io import Model
 from rewriter.graph_query import ConvInfo, conv_attrs, conv_info, only_consumer
-from rewriter.passes.base import Namer, Pass, Site, constant, finish
+from rewriter.passes.base import (Effect, Fusion, Namer, Pass, SearchView, Site, constant,
+                                   finish, kernel_claim)
 
 import onnx_graphsurgeon as gs
 
@@ -27,6 +28,19 @@ class FuseLinearConv(Pass):
     name = "fuse-linear-conv"
     exact = True
     summary = "fuse a 1x1 conv into the KxK conv it feeds directly (exact border term)"
+    order = 6
+    precedence = 50
+
+    def effect(self, site: Site, view: SearchView) -> Effect | None:
+        """A's kernel is removed; B's becomes a dense KxK conv Cin -> Cout reading A's
+        input (weights Cout*Cin*K*K instead of M*Cin + Cout*(M/g)*K*K); with a border
+        term, an elementwise Add of a [Cout, H', W'] constant follows (Cout*H'*W' more
+        weights). Claims both kernels."""
+        fusion = Fusion.of(site, view, bool(site.detail.get("border_term", False)))
+        if fusion is None:
+            return None
+        return Effect(fusion=fusion, claims=frozenset(
+            {kernel_claim(fusion.first), kernel_claim(fusion.second)}))
 
     def sites(self, model: Model) -> list[Site]:
         found = []

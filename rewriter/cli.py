@@ -887,7 +887,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (one line already printed), --help, --version
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command != "passes":
         import rewriter.runtime  # noqa: F401  onnxruntime logs errors only (its warnings leak)
     try:

@@ -1,27 +1,25 @@
 """The search space of rewrites, and candidates scored without rebuilding the graph.
 
-The space is built on the model's canonical form (every BatchNormalization folded: exact,
-and free on targets that fuse BN into the conv). It has one gene per rewrite site.
-Exact genes: align-channels-up per free channel group whose count is not a multiple of the
-target's P (pad to the next multiple), dw-to-dense per depthwise/grouped conv,
-fuse-linear-conv per linear 1x1 -> conv pair. With architecture changes allowed, also:
-depth-multiplier per multiplier (every free group scaled and rounded to multiples of P),
-align-channels-down per unaligned group (prune to the multiple below), fuse-ibn per
-inverted bottleneck (1x1 expand + act + depthwise -> one dense conv).
+The space is built on the model's canonical form (rewriter.passes.CANONICAL_PASSES: every
+BatchNormalization folded, exact and free on targets that fuse BN into the conv). It has
+one gene per rewrite site of every pass with an `order` (rewriter.passes.SEARCH_PASSES),
+exact ones only unless architecture changes are allowed; genes come pass by pass in that
+order (a pass with several variants, such as one depth multiplier per factor, gives one
+gene per variant and site).
 
-Genes are built in this order: depth-multiplier, align-channels-down, fuse-ibn (then the
-weights they changed are refitted), align-channels-up, dw-to-dense, fuse-linear-conv.
-Where two genes want the same thing, the first in that order wins and the other is inert,
-so every genome is a valid model: the smallest active multiplier wins over the others and
-over align-channels-down on the groups it changes; padding up applies only to a group
-that is still unaligned; a fusion wins over dw-to-dense on its depthwise conv; fuse-ibn
-wins over fuse-linear-conv on its expansion conv.
+Each pass declares what a site does (`Pass.effect`, rewriter.passes.base): groups resized,
+kernels made dense, a kernel fused into the next, and claim keys. The space settles a
+genome's conflicts from those declarations alone, so every genome is a valid model: genes
+are resolved in the passes' `precedence` order (then the effect's rank, then gene index),
+and a gene whose claim an effective one took, or that changes nothing, is inert.
 
-A candidate is scored from the canonical model's kernels: each gene changes the channel
-counts, groups or inputs of the kernels it touches, and the changed kernel specs are looked
-up in the target's per-signature cache. Peak activations come from liveness over the
-kernels' tensors; parameter bytes from the kernels' weight deltas. The chosen genome is
-then built with the real passes (search/driver.py).
+A candidate is scored from the canonical model's kernels: the effective effects change the
+channel counts, groups or inputs of the kernels they touch, and the changed kernel specs
+are looked up in the target's per-signature cache. Peak activations come from liveness over
+the kernels' tensors; parameter bytes from the kernels' weight deltas (a spec counts a
+bias; the graph's kernels without one are known) plus, for each resized group, its change
+in channels times the per-channel constants no kernel counts (an unfolded BN, a bias Add).
+The chosen genome is then built with the real passes (search/driver.py).
 """
 
 from __future__ import annotations
@@ -32,19 +30,21 @@ from typing import Iterable, Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
-from rewriter.analysis.channels import analyse_channels
+from rewriter.analysis.channels import ChannelGroup, analyse_channels, channel_params, output_rank
 from rewriter.analysis.memory import last_uses, liveness_peak, memory_stats, node_io
 from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.opspec import OpSpec
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.passes import PASSES, get_pass
+from rewriter.graph_query import const_value, is_empty_input
+from rewriter.passes import CANONICAL_PASSES, SEARCH_PASSES, Pass
+from rewriter.passes.base import Effect, Fusion, KernelInfo, SearchView
 from rewriter.rewrite import apply_pass
 from rewriter.staged import Batches
 
-EXACT_ORDER = ("align-channels-up", "dw-to-dense", "fuse-linear-conv")
-ARCHITECTURE_ORDER = ("depth-multiplier", "align-channels-down", "fuse-ibn")
+EXACT_ORDER = tuple(cls.name for cls in SEARCH_PASSES if cls.exact)
+ARCHITECTURE_ORDER = tuple(cls.name for cls in SEARCH_PASSES if not cls.exact)
 DEFAULT_MULTIPLIERS = (0.75, 0.5)
 
 Genome = tuple[int, ...]
@@ -56,7 +56,7 @@ class Gene:
     site: str
     description: str
     exact: bool = True
-    multiplier: float | None = None  # depth-multiplier genes only
+    multiplier: float | None = None  # the factor of a multiplier pass's gene (Pass.multiplier)
 
 
 @dataclass(frozen=True)
@@ -71,28 +71,12 @@ class Score:
 
 
 @dataclass(frozen=True)
-class _KernelInfo:
-    kernel: Kernel
-    input: str  # the data input of its first node
-    output: str  # the tensor its last node writes
-
-
-@dataclass(frozen=True)
-class _Fusion:
-    first: int  # kernel removed
-    second: int  # kernel that becomes a dense conv reading the first one's input
-    border: bool  # fuse-linear-conv's exact border bias map (an Add)
-    skipped: tuple[int, ...]  # steps of the first kernel's nodes (conv and its activation)
-    reads: tuple[int, str]  # (step of the second kernel, the first kernel's input it now reads)
-
-
-@dataclass(frozen=True)
 class _State:
     """What a genome does once conflicts are settled."""
 
     effective: frozenset[int]
     channels: dict[str, int]  # group id -> channels, where changed
-    fusions: dict[int, _Fusion]  # second kernel -> fusion
+    fusions: dict[int, Fusion]  # second kernel -> fusion
     dense: frozenset[int]  # kernels made dense
 
 
@@ -102,73 +86,79 @@ class SearchSpace:
                  passes: Sequence[str] | None = None) -> None:
         self.target = target
         self.multiple = target.profile.parallelism_out
-        self.canonical = apply_pass(model, get_pass("fold-bn")).model
+        for cls in CANONICAL_PASSES:
+            model = apply_pass(model, cls()).model
+        self.canonical = model
         nodes = {n.name: n for n in self.canonical.graph.nodes}
         self.kernels = [self._info(k, nodes) for k in decompose(self.canonical)]
         analysis = analyse_channels(self.canonical)
         self.layout = analysis.layout
         self.channels0 = {g.id: g.channels for g in analysis.groups}
+        weighted = {info.kernel.nodes[0] for info in self.kernels
+                    if info.kernel.spec.weight_elements}
+        self._follower_params = {g.id: self._per_channel_params(g, nodes, weighted)
+                                 for g in analysis.groups}
         self.inputs = [t.name for t in self.canonical.graph.inputs]
         self.outputs = {t.name for t in self.canonical.graph.outputs}
         self._step = {name: i for i, name in enumerate(nodes)}
+        self.view = SearchView.of(self.kernels, self.channels0, self._step, self.multiple)
         self.genes: list[Gene] = []
-        self._align_up: dict[int, str] = {}  # gene -> group id
-        self._align_down: dict[int, tuple[str, int]] = {}  # gene -> (group id, channels)
-        self._multiplier: dict[int, dict[str, int]] = {}  # gene -> {group id: channels}
-        self._dense: dict[int, int] = {}  # gene -> kernel index
-        self._fuse: dict[int, _Fusion] = {}  # fuse-linear-conv and fuse-ibn genes
-        self._ibn: set[int] = set()
-        by_node = {k.kernel.nodes[0]: i for i, k in enumerate(self.kernels)}
-        order = (*ARCHITECTURE_ORDER, *EXACT_ORDER) if architecture else EXACT_ORDER
+        self._rules: list[Pass] = []  # the pass instance of each gene
+        self._effects: list[Effect] = []
+        searched = [cls for cls in SEARCH_PASSES if architecture or cls.exact]
+        order = tuple(cls.name for cls in searched)
         if passes is not None:
             unknown = sorted(set(passes) - set(order))
             if unknown:
                 raise BadInputError(
                     f"the search cannot use pass {', '.join(map(repr, unknown))}"
                     f"{'' if architecture else ' in exact mode'}; it can use: {', '.join(order)}")
-            order = tuple(name for name in order if name in passes)
-        for name in order:
-            levels = multipliers if name == "depth-multiplier" else (None,)
-            for level in levels:
-                rule = get_pass(name, self.multiple, multiplier=level)
+            searched = [cls for cls in searched if cls.name in passes]
+        for cls in searched:
+            for rule in cls.variants(self.multiple, multipliers):
                 for site in rule.sites(self.canonical):
-                    if self._add_gene(len(self.genes), name, site, by_node):
-                        self.genes.append(Gene(name, site.id, site.description,
-                                               PASSES[name].exact, level))
+                    effect = rule.effect(site, self.view)
+                    if effect is None:
+                        continue
+                    self.genes.append(Gene(rule.name, site.id, site.description, rule.exact,
+                                           rule.multiplier))
+                    self._rules.append(rule)
+                    self._effects.append(effect)
+        # Genes in the order their effects are settled: the first to claim a key wins.
+        self._resolution = sorted(
+            range(len(self.genes)),
+            key=lambda i: (self._rules[i].precedence, self._effects[i].rank, i))
         self._node_io = node_io(self.canonical)
         self._last_use = last_uses(self._node_io, self.outputs)
         self.base_param_bytes = memory_stats(self.canonical).param_bytes
         self._prepare_scoring()
 
-    def _add_gene(self, index: int, name: str, site, by_node: dict[str, int]) -> bool:
-        detail = site.detail
-        if name == "align-channels-up":
-            self._align_up[index] = site.id
-        elif name == "align-channels-down":
-            self._align_down[index] = (site.id, int(detail["to"]))
-        elif name == "depth-multiplier":
-            self._multiplier[index] = {g: int(c[1]) for g, c in dict(detail["groups"]).items()}
-        elif name == "dw-to-dense":
-            if site.nodes[0] not in by_node:
-                return False
-            self._dense[index] = by_node[site.nodes[0]]
-        else:  # the fusions: site.nodes = (first conv, [its activation...], second conv)
-            first, second = site.nodes[0], site.nodes[-1]
-            if first not in by_node or second not in by_node:
-                return False
-            first_kernel, second_kernel = by_node[first], by_node[second]
-            self._fuse[index] = _Fusion(
-                first_kernel, second_kernel, bool(detail.get("border_term", False)),
-                tuple(self._step[node] for node in site.nodes[:-1]),
-                (self._step[second], self.kernels[first_kernel].input))
-            if name == "fuse-ibn":
-                self._ibn.add(index)
-        return True
-
-    def _info(self, kernel: Kernel, nodes: Mapping[str, gs.Node]) -> _KernelInfo:
+    def _info(self, kernel: Kernel, nodes: Mapping[str, gs.Node]) -> KernelInfo:
         first, last = nodes[kernel.nodes[0]], nodes[kernel.nodes[-1]]
         first_in = next((t.name for t in first.inputs if isinstance(t, gs.Variable)), "")
-        return _KernelInfo(kernel, first_in, last.outputs[0].name)
+        # Only these ops say in the graph whether they have a bias; the others keep the
+        # spec's assumption.
+        bias = (first.op not in ("Conv", "ConvTranspose", "Gemm")
+                or (len(first.inputs) > 2 and not is_empty_input(first.inputs[2])))
+        return KernelInfo(kernel, first_in, last.outputs[0].name, bias)
+
+    def _per_channel_params(self, group: ChannelGroup, nodes: Mapping[str, gs.Node],
+                            weighted: set[str]) -> int:
+        """Constant elements per channel of `group` that no kernel spec counts: the
+        per-channel parameters of members that are not a weighted kernel's first node (an
+        unfolded BN's four vectors, a bias Add's or PRelu's constant). Resizing the group
+        by d channels changes the parameters by d times this."""
+        elements = 0
+        for member in group.members:
+            if member.node in weighted:
+                continue
+            node = nodes[member.node]
+            for index, axis, _ in channel_params(node, member.role, member.input_index,
+                                                 output_rank(self.canonical, node)):
+                values = const_value(node.inputs[index])
+                if values is not None and values.ndim and values.shape[axis] > 1:
+                    elements += values.size // values.shape[axis]
+        return elements
 
     def __len__(self) -> int:
         return len(self.genes)
@@ -176,42 +166,38 @@ class SearchSpace:
     def empty(self) -> Genome:
         return (0,) * len(self.genes)
 
+    def effect(self, gene: int) -> Effect:
+        """What gene `gene` declares it does when it is effective."""
+        return self._effects[gene]
+
     # -- conflicts -------------------------------------------------------------------
     def _state(self, genome: Genome) -> _State:
+        """Compose the declared effects of the genome's genes in resolution order."""
         effective: set[int] = set()
+        claimed: set[object] = set()
         channels: dict[str, int] = {}
-        multipliers = [i for i in self._multiplier if genome[i]]
-        if multipliers:
-            chosen = min(multipliers, key=lambda i: self.genes[i].multiplier or 1.0)
-            effective.add(chosen)
-            channels.update(self._multiplier[chosen])
-        for i, (group, to) in self._align_down.items():
-            if genome[i] and group not in channels:
-                effective.add(i)
-                channels[group] = to
-        for i, group in self._align_up.items():
-            current = channels.get(group, self.channels0[group])
-            if genome[i] and current % self.multiple:
-                effective.add(i)
-                channels[group] = -(-current // self.multiple) * self.multiple
-        fusions: dict[int, _Fusion] = {}
-        ibn_nodes: set[int] = set()
-        for i in self._ibn:
-            if genome[i]:
-                fusion = self._fuse[i]
-                effective.add(i)
-                fusions[fusion.second] = fusion
-                ibn_nodes.update((fusion.first, fusion.second))
-        for i, fusion in self._fuse.items():
-            if (genome[i] and i not in self._ibn and fusion.first not in ibn_nodes
-                    and fusion.second not in ibn_nodes):
-                effective.add(i)
-                fusions[fusion.second] = fusion
-        dense = set()
-        for i, kernel in self._dense.items():
-            if genome[i] and kernel not in fusions:
-                effective.add(i)
-                dense.add(kernel)
+        fusions: dict[int, Fusion] = {}
+        dense: set[int] = set()
+        for i in self._resolution:
+            if not genome[i]:
+                continue
+            effect = self._effects[i]
+            if not claimed.isdisjoint(effect.claims):
+                continue
+            resized = {}
+            for group, resize in effect.channels.items():
+                current = channels.get(group, self.channels0[group])
+                new = resize(current)
+                if new != current:
+                    resized[group] = new
+            if not (resized or effect.dense or effect.fusion):
+                continue  # it changes nothing: inert, and claims nothing
+            effective.add(i)
+            claimed.update(effect.claims)
+            channels.update(resized)
+            dense.update(effect.dense)
+            if effect.fusion is not None:
+                fusions[effect.fusion.second] = effect.fusion
         return _State(frozenset(effective), channels, fusions, frozenset(dense))
 
     def active(self, genome: Genome) -> list[int]:
@@ -224,8 +210,9 @@ class SearchSpace:
         channel group touches, every kernel's cost when no gene touches it, and the
         activation size of every tensor the liveness reads."""
         self._kernel_costs: dict[tuple, tuple[float, ...]] = {}
-        self._peaks: dict[frozenset[int], int] = {}  # effective genes but dense -> peak
-        self._dense_genes = frozenset(self._dense)
+        self._peaks: dict[frozenset[int], int] = {}  # effective genes changing tensors -> peak
+        self._tensor_genes = frozenset(i for i, e in enumerate(self._effects)
+                                       if e.changes_tensors)
         self._group_kernels: dict[str, set[int]] = {}
         for index, info in enumerate(self.kernels):
             for tensor in (info.input, info.output):
@@ -249,7 +236,7 @@ class SearchSpace:
             return default
         return sum(groups.get(group, width) for group, width in segments)
 
-    def _kernel_cost(self, index: int, groups: Mapping[str, int], fusion: _Fusion | None,
+    def _kernel_cost(self, index: int, groups: Mapping[str, int], fusion: Fusion | None,
                      dense: bool) -> tuple[float, ...]:
         """Kernel `index` under a genome's channel counts, fusion and dense choice: its
         latency terms in the order they are summed (a fusion's border term first), then
@@ -270,26 +257,28 @@ class SearchSpace:
         key = (index, cin, cout, groups_attr, kind, fusion)
         hit = self._kernel_costs.get(key)
         if hit is None:
-            hit = self._kernel_costs[key] = self._new_cost(spec, cin, cout, groups_attr, kind,
+            hit = self._kernel_costs[key] = self._new_cost(info, cin, cout, groups_attr, kind,
                                                            fusion)
         return hit
 
-    def _new_cost(self, spec: OpSpec, cin: int, cout: int, groups: int, kind: str,
-                  fusion: _Fusion | None) -> tuple[float, ...]:
+    def _new_cost(self, info: KernelInfo, cin: int, cout: int, groups: int, kind: str,
+                  fusion: Fusion | None) -> tuple[float, ...]:
+        spec = info.kernel.spec
         terms, weight_delta = [], 0
+        bias = info.bias
         if fusion is not None:
-            weight_delta -= self.kernels[fusion.first].kernel.spec.weight_elements
+            weight_delta -= self.kernels[fusion.first].params()
+            bias = not fusion.border
             if fusion.border:
                 terms.append(self.target.kernel(OpSpec(
                     kind="elementwise", n=spec.n, cin=cout, cout=cout, h_in=spec.h_out,
                     w_in=spec.w_out, h_out=spec.h_out, w_out=spec.w_out, n_inputs=2))[0])
                 weight_delta += cout * spec.h_out * spec.w_out
-        if (cin, cout, groups, kind) == (spec.cin, spec.cout, spec.groups, spec.kind):
-            terms.append(self.target.kernel(spec)[0])
-        else:
+        new = spec
+        if (cin, cout, groups, kind) != (spec.cin, spec.cout, spec.groups, spec.kind):
             new = replace(spec, cin=cin, cout=cout, groups=groups, kind=kind)
-            terms.append(self.target.kernel(new)[0])
-            weight_delta += new.weight_elements - spec.weight_elements
+        terms.append(self.target.kernel(new)[0])
+        weight_delta += info.params(new, bias) - info.params()
         return (*terms, weight_delta)
 
     def score(self, genome: Genome) -> Score:
@@ -301,7 +290,8 @@ class SearchSpace:
             touched.update(self._group_kernels.get(group, ()))
         removed = {fusion.first for fusion in fusions.values()}
         latency = 0.0
-        weight_delta = 0
+        weight_delta = sum((count - self.channels0[group]) * self._follower_params[group]
+                           for group, count in groups.items())
         for index, static in enumerate(self._static):
             if index in removed:
                 continue
@@ -311,14 +301,15 @@ class SearchSpace:
                 latency += parts[0]
             latency += parts[-2]
             weight_delta += parts[-1]
-        # Dense genes change no tensor, so the peak is shared by genomes that differ in them.
-        key = state.effective - self._dense_genes
+        # Genes changing no tensor (dense) leave the peak as it is: genomes differing only
+        # in them share it.
+        key = state.effective & self._tensor_genes
         peak = self._peaks.get(key)
         if peak is None:
             peak = self._peaks[key] = self._peak(groups, fusions.values())
         return Score(latency, self.base_param_bytes + 4 * weight_delta, peak)
 
-    def _peak(self, groups: Mapping[str, int], fusions: Iterable[_Fusion]) -> int:
+    def _peak(self, groups: Mapping[str, int], fusions: Iterable[Fusion]) -> int:
         """Node-level liveness, as rewriter.analysis.memory computes it on a built model;
         a tensor's size scales with the channels its groups have in the genome, a fusion
         skips the first conv's nodes and has the second read the first one's input."""
@@ -347,19 +338,21 @@ class SearchSpace:
     def architecture_genes(self, genome: Genome) -> list[int]:
         return [i for i in self.active(genome) if not self.genes[i].exact]
 
-    def _apply(self, model: Model, chosen: set[int], names: Sequence[str]) -> Model:
-        for name in names:
-            picked = [self.genes[i] for i in sorted(chosen) if self.genes[i].pass_name == name]
-            # One rule per multiplier (depth-multiplier genes; at most one is effective).
-            for level in dict.fromkeys(gene.multiplier for gene in picked):
-                model = apply_pass(model, get_pass(name, self.multiple, multiplier=level),
-                                   [gene.site for gene in picked if gene.multiplier == level]).model
+    def _apply(self, model: Model, chosen: set[int], exact: bool) -> Model:
+        """Apply the chosen genes of the exact (or architecture) passes, each pass instance
+        once, on all its chosen sites, in the search's pass order."""
+        for rule in dict.fromkeys(self._rules):  # pass instances, in gene order
+            if rule.exact != exact:
+                continue
+            sites = [self.genes[i].site for i in sorted(chosen) if self._rules[i] is rule]
+            if sites:
+                model = apply_pass(model, rule, sites).model
         return model
 
     def build_architecture(self, genome: Genome, calibration: Batches | None = None) -> Model:
         """The canonical model with the genome's architecture changes applied and, given
         calibration batches, the weights they changed refitted layer by layer."""
-        model = self._apply(self.canonical, set(self.active(genome)), ARCHITECTURE_ORDER)
+        model = self._apply(self.canonical, set(self.active(genome)), exact=False)
         if calibration is not None and model.changes.refit:
             from rewriter.reconstruct import refit
 
@@ -368,7 +361,7 @@ class SearchSpace:
 
     def build_exact(self, model: Model, genome: Genome) -> Model:
         """The genome's exact rewrites applied on `model` (from `build_architecture`)."""
-        return self._apply(model, set(self.active(genome)), EXACT_ORDER)
+        return self._apply(model, set(self.active(genome)), exact=True)
 
     def build(self, genome: Genome) -> Model:
         """The canonical model with the genome's rewrites applied by the real passes
