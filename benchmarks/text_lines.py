@@ -28,11 +28,16 @@ def _word(rng: np.random.Generator) -> str:
 
 def text_line(rng: np.random.Generator, layout: str) -> np.ndarray:
     """One HxWx3 uint8 text line drawn in `layout` ('a': dark on light, left aligned,
-    large; 'b': varied colours and backgrounds, any alignment, smaller, slightly blurred)."""
+    large; 'b': varied colours and backgrounds, any alignment, smaller, slightly blurred;
+    'c': sheared glyphs on a shaded background)."""
     if layout == "a":
         background = tuple(int(v) for v in rng.integers(215, 256, 3))
         ink = tuple(int(v) for v in rng.integers(0, 60, 3))
         size, x = int(rng.integers(22, 31)), int(rng.integers(2, 12))
+    elif layout == "c":  # sheared glyphs on a shaded background, sizes of both others
+        background = tuple(int(v) for v in rng.integers(120, 240, 3))
+        ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+        size, x = int(rng.integers(16, 31)), int(rng.integers(2, 40))
     else:
         dark = rng.random() < 0.4
         background = tuple(int(v) for v in (rng.integers(0, 70, 3) if dark
@@ -45,6 +50,13 @@ def text_line(rng: np.random.Generator, layout: str) -> np.ndarray:
     font = ImageFont.load_default(size=size)
     y = int(rng.integers(0, max(1, HEIGHT - size - 4)))
     draw.text((x, y), " ".join(_word(rng) for _ in range(3)), font=font, fill=ink)
+    if layout == "c":
+        shear = float(rng.uniform(-0.3, 0.3))
+        image = image.transform(image.size, Image.Transform.AFFINE,
+                                (1, shear, -shear * HEIGHT / 2, 0, 1, 0),
+                                fillcolor=background)
+        shade = np.linspace(float(rng.uniform(0.75, 1.0)), 1.0, WIDTH)[None, :, None]
+        image = Image.fromarray((np.asarray(image, np.float32) * shade).astype(np.uint8))
     if layout != "a" and rng.random() < 0.5:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.9))))
     if rng.random() < 0.5:
@@ -69,7 +81,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=["a", "b"], default="a")
+    parser.add_argument("--layout", choices=["a", "b", "c"], default="a")
     args = parser.parse_args()
     print(write_lines(args.out, args.count, args.seed, args.layout))
 

@@ -68,6 +68,7 @@ __all__ = ["DistillResult", "HistoryEntry", "distill"]
 
 DEFAULT_LR = 1e-3
 TEMPERATURE = 3.0
+FEATURE_WEIGHT = 1.0  # weight of the intermediate-tensor loss against the output loss
 CLIP_NORM = 2.0
 WEIGHT_DECAY = 1e-4
 WARMUP_STEPS = 10
@@ -146,10 +147,40 @@ def _output_kind(values: np.ndarray) -> _OutputKind:
     return _OutputKind("dense", variance, classifier)
 
 
+def feature_taps(teacher: Model, student: Model) -> list[str]:
+    """Intermediate tensors to match: the inputs of the student's convs and gemms that the
+    teacher computes too, under the same name and shape (block boundaries: passes keep
+    tensor names, and a tensor whose channels a rewrite pruned has another shape). Graph
+    inputs and outputs are left out (the outputs have their own loss)."""
+    graph_io = ({t.name for t in student.graph.inputs}
+                | {t.name for t in student.graph.outputs})
+    teacher_names = {t.name for node in teacher.graph.nodes for t in node.outputs}
+    taps: dict[str, None] = {}
+    for node in student.graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul") or not node.inputs:
+            continue
+        name = node.inputs[0].name
+        if name in graph_io or name not in teacher_names:
+            continue
+        try:
+            same = teacher.shape(name) == student.shape(name)
+        except Exception:  # a shape analysis cannot give: not a tap
+            same = False
+        if same:
+            taps[name] = None
+    return list(taps)
+
+
 def _loss(torch: Any, kinds: Mapping[str, _OutputKind], student: Mapping[str, Any],
-          teacher: Mapping[str, Any], temperature: float) -> Any:
+          teacher: Mapping[str, Any], temperature: float,
+          taps: Mapping[str, float] | None = None, tap_weight: float = 0.0) -> Any:
     F = torch.nn.functional
     total = 0.0
+    if taps and tap_weight > 0:
+        # block-wise reconstruction (BRECQ-like): dense supervision at every block
+        # boundary, each tensor made scale-free by the teacher's variance of it
+        features = sum(((student[n] - teacher[n]) ** 2).mean() / v for n, v in taps.items())
+        total = tap_weight * features / len(taps) * max(len(kinds), 1)
     for name, kind in kinds.items():
         s, t = student[name], teacher[name]
         if kind.kind == "logits":
@@ -286,6 +317,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
             held_inputs: Mapping[str, np.ndarray] | None = None, *,
             seconds: float | None = None, steps: int | None = None, seed: int = 0,
             batch: int = 16, lr: float = DEFAULT_LR, temperature: float = TEMPERATURE,
+            feature_weight: float = FEATURE_WEIGHT,
             patience: int = PATIENCE, eval_every: int | None = None,
             augment: bool = True, threads: int | None = None,
             progress: bool = False) -> DistillResult:
@@ -329,6 +361,14 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
 
         fit_reference = _run(torch, teacher_net, fit, device)
         kinds = {name: _output_kind(value) for name, value in fit_reference.items()}
+        taps: dict[str, float] = {}
+        if feature_weight > 0:
+            names = feature_taps(teacher, student)
+            teacher_net.taps = student_net.taps = names
+            tapped = _run(torch, teacher_net, {k: v[:EVAL_BATCH] for k, v in fit.items()},
+                          device)
+            taps = {n: max(float(tapped[n].var()), 1e-12) for n in names}
+            teacher_net.taps = student_net.taps = []
         metric = "top1" if all(k.classifier for k in kinds.values()) else "cosine"
         score_inputs = held if held is not None else fit
         score_reference = (_run(torch, teacher_net, held, device) if held is not None
@@ -412,9 +452,12 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
                     factor *= 0.5 * (1 + math.cos(math.pi * step / total))
                 for group in optimizer.param_groups:
                     group["lr"] = lr * factor
+                teacher_net.taps = student_net.taps = list(taps)
                 with torch.no_grad():
                     target = teacher_net(feeds)
-                loss = _loss(torch, kinds, student_net(feeds), target, temperature)
+                loss = _loss(torch, kinds, student_net(feeds), target, temperature, taps,
+                             feature_weight)
+                teacher_net.taps = student_net.taps = []
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     stopped = "diverged"
@@ -449,7 +492,9 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
                             bar.refresh()
                 last = total is not None and step >= total
                 if (every is not None and step % every == 0) or last:
-                    if not checkpoint() and stale >= patience and not last:
+                    # a noisy start is normal: patience counts from half-way through
+                    halfway = total is None or step >= total // 2
+                    if not checkpoint() and stale >= patience and not last and halfway:
                         stopped = "patience"
                         break
             # a budget can run out between evaluations: score what was trained since

@@ -106,6 +106,7 @@ class TorchGraph(nn.Module):
         self.opset = int(model.opset)
         self.input_names = [t.name for t in graph.inputs]
         self.output_names = [t.name for t in graph.outputs]
+        self.taps: list[str] = []  # intermediate tensors forward() also returns
         self.nodes: list[_Node] = []
         constants: dict[str, gs.Constant] = {}
         producers: dict[str, str] = {}
@@ -237,9 +238,9 @@ class TorchGraph(nn.Module):
                     env[name] = value
             for name in node.inputs:
                 if name and self._last_use.get(name) == index and name not in self._param_keys \
-                        and name not in self._const_keys:
+                        and name not in self._const_keys and name not in self.taps:
                     env.pop(name, None)
-        return {name: env[name] for name in self.output_names}
+        return {name: env[name] for name in [*self.output_names, *self.taps]}
 
 
 # -- op implementations -----------------------------------------------------------------

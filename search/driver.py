@@ -18,6 +18,7 @@ No feasible candidate is a `BudgetError` (exit code 3) naming the binding constr
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -298,28 +299,37 @@ class _FidelityGuard:
         return (self.evaluator(self._with(base, genes)) is not None
                 and self.measure(base, genes).value(self.metric) >= self.floor)
 
-    def choose(self, genome: Genome) -> Genome:
+    def ranking(self, genome: Genome) -> list[int]:
+        """The genome's architecture changes (and every depth multiplier) that lower the
+        latency and pass the floor alone, best latency gain per unit of cosine lost first."""
         space = self.space
-        chosen = space.architecture_genes(genome)
         base = space.exact_part(genome)
-        if not chosen or self.passes(base, chosen):
-            return genome
-        candidates = set(chosen) | {i for i, g in enumerate(space.genes)
-                                    if g.pass_name == "depth-multiplier"}
+        candidates = set(space.architecture_genes(genome)) | {
+            i for i, g in enumerate(space.genes) if g.pass_name == "depth-multiplier"}
         base_ms = self.evaluator.score(base).latency_ms
         ranked = []
-        for index in candidates:
+        for index in sorted(candidates):
             gain = base_ms - self.evaluator.score(self._with(base, [index])).latency_ms
             if gain > 0 and self.passes(base, [index]):
                 loss = 1.0 - self.measure(base, [index]).min_cosine
                 ranked.append((-gain / max(loss, 1e-9), index))
-                # The binary search below may end at the best single change, measured
+                # A search over prefixes may end at the best single change, measured
                 # here: keep its model (the last one built, when it was just measured).
                 key = self._key(self._with(base, [index]))
                 if (min(ranked) == ranked[-1] and self._last is not None
                         and self._last[0] == key):
                     self._best_single = self._last
-        order = [index for _, index in sorted(ranked)]
+        return [index for _, index in sorted(ranked)]
+
+    def choose(self, genome: Genome) -> Genome:
+        """The genome with its architecture changes cut back to the longest prefix of
+        their ranking that passes the floor (binary search, assuming fidelity falls as
+        changes are added; the prefix kept is measured, so the floor holds either way)."""
+        base = self.space.exact_part(genome)
+        chosen = self.space.architecture_genes(genome)
+        if not chosen or self.passes(base, chosen):
+            return genome
+        order = self.ranking(genome)
         lo, hi = 0, len(order)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -334,17 +344,19 @@ class _RecoveryStage:
     """Choose the architecture changes to keep by their fidelity after recovery.
 
     Fidelity after distillation cannot be simulated and costs minutes per candidate, so:
-    1. screen cheaply: the guard refits candidates and measures them on the val sources,
-       at the floor and (for distillation, which recovers much of what a refit loses) at
-       looser proxy floors, giving a short ladder of candidates, fastest first;
-    2. recover the few on the ladder, fastest first, sharing the recovery budget, and
-       keep the first whose fidelity on the eval sources (never fitted, trained or used
-       for early stopping), one standard error down, meets the floor;
+    1. rank cheaply: the guard refits each change alone and measures it on the val
+       sources; changes that pass a loose proxy floor (distillation recovers much of what
+       a refit loses) are ranked by latency gain per unit of fidelity lost;
+    2. recover prefixes of that ranking, longest (fastest) first, then by binary search
+       over the prefix length (about log2(n) + 1 recoveries sharing the budget), and keep
+       the longest whose fidelity on the eval sources (never fitted, trained or used for
+       early stopping), one standard error down, meets the floor;
     3. none does: keep the exact rewrites only, and say why (too few held-out samples to
        support the floor at all, or the changes lose too much).
+    With refit only, the guard's choice at the floor is the one candidate.
     """
 
-    PROXY_SLACK = (6.0, 3.0, 0.0)  # proxy floors: floor - k * (1 - floor)
+    PROXY_SLACK = 6.0  # the ranking's proxy floor: floor - PROXY_SLACK * (1 - floor)
 
     def __init__(self, space: SearchSpace, evaluator: _Evaluator, calibration: object,
                  eval_data: object, preprocess: Preprocess | None, seed: int, floor: float,
@@ -362,81 +374,119 @@ class _RecoveryStage:
                               "candidates were screened on their fitting data")
         self.guard = _FidelityGuard(space, evaluator, self.data.fit.batches(BATCH),
                                     screen.batches(BATCH), floor, metric)
+        self.reference: dict[str, np.ndarray] = {}
+        self.tried: dict[int, tuple[bool, str]] = {}  # prefix length -> (kept, summary)
+        self.kept: tuple[Genome, Model, Fidelity] | None = None
+        self.start = 0.0
 
-    def ladder(self, genome: Genome) -> list[Genome]:
-        """Candidates, fastest first: the guard's choice at each proxy floor."""
-        slacks = self.PROXY_SLACK if self.method == "distill" else (0.0,)
-        found: list[Genome] = []
-        for slack in slacks:
-            self.guard.floor = max(0.0, self.floor - slack * (1.0 - self.floor))
-            chosen = self.guard.choose(genome)
-            if chosen != genome:
-                self.notes.append(f"architecture changes cut back to hold fidelity >= "
-                                  f"{self.guard.floor:.4g} on the screening data")
-            if self.evaluator(chosen) is None or not self.space.architecture_genes(chosen):
-                continue
-            exact_genes = [i for i, gene in enumerate(self.space.genes) if gene.exact]
-            chosen = _prune(self.evaluator, climb(self.evaluator, chosen, exact_genes,
-                                                  margin=1e-12))
-            if chosen not in found:
-                found.append(chosen)
-        return sorted(found, key=lambda g: self.evaluator.score(g).latency_ms)
+    def _complete(self, genome: Genome) -> Genome:
+        """The exact rewrites worth having once the architecture changes are fixed."""
+        exact_genes = [i for i, gene in enumerate(self.space.genes) if gene.exact]
+        return _prune(self.evaluator, climb(self.evaluator, genome, exact_genes,
+                                            margin=1e-12))
+
+    def _budget(self, attempts_left: int) -> RecoveryBudget:
+        if self.budget.seconds is None:
+            return self.budget.split(attempts_left)
+        spent = time.perf_counter() - self.start
+        return RecoveryBudget(max(1.0, (self.budget.seconds - spent) / max(attempts_left, 1)))
+
+    def attempt(self, candidate: Genome, attempts_left: int) -> bool:
+        """Recover `candidate`; keep it if it holds the floor on eval (and is faster than
+        what is kept)."""
+        canonical = self.space.canonical
+        refitted = self.guard.model(candidate)
+        before = evaluate(canonical, refitted, self.data, self.reference)
+        model, _, _ = train(canonical, refitted, self.data, self.method,
+                            self._budget(attempts_left), self.seed, self.progress)
+        after = (dataclasses.replace(before) if self.method == "refit"
+                 else evaluate(canonical, model, self.data, self.reference))
+        after.before_recovery = before
+        genes = self.space.architecture_genes(candidate)
+        label = ", ".join(f"{self.space.genes[i].pass_name}@{self.space.genes[i].site}"
+                          for i in genes)
+        ok = meets(after, self.floor, self.metric)
+        self.tried[len(genes)] = (ok, f"{len(genes)} changes: {after.value(self.metric):.4f}"
+                                      f" (bound {lower_bound(after, self.metric):.4f}, "
+                                      f"{before.value(self.metric):.4f} before recovery)")
+        if ok and (self.kept is None or self.evaluator.score(candidate).latency_ms
+                   < self.evaluator.score(self.kept[0]).latency_ms):
+            model.metadata[METADATA_KEY] = label_recovered(
+                model.changes.label() if model.changes.passes else label, self.method,
+                after, self.metric)
+            self.kept = (candidate, model, after)
+        return ok
+
+    def _prefix(self, genome: Genome, order: list[int], length: int) -> Genome | None:
+        candidate = self.guard._with(self.space.exact_part(genome), order[:length])
+        if self.evaluator(candidate) is None:
+            return None
+        return self._complete(candidate)
 
     def run(self, genome: Genome) -> tuple[Genome, Model | None, Fidelity | None]:
         canonical = self.space.canonical
-        metric_name = self.metric or "default"
-        candidates = self.ladder(genome) if self.space.architecture_genes(genome) else []
-        self.notes.append(f"fidelity screened on {len(self.guard.cache)} refitted "
-                          f"candidates; {len(candidates)} recovered by {self.method}")
-        reference = collect(canonical, self.data.eval.batches(BATCH))
-        start, failures = time.perf_counter(), []
-        for attempt, candidate in enumerate(candidates):
-            left = len(candidates) - attempt
-            budget = self.budget
-            if budget.seconds is not None:
-                spent = time.perf_counter() - start
-                budget = RecoveryBudget(max(1.0, (self.budget.seconds - spent) / left))
+        self.reference = collect(canonical, self.data.eval.batches(BATCH))
+        self.start = time.perf_counter()
+        if self.space.architecture_genes(genome):
+            if self.method == "refit":
+                chosen = self.guard.choose(genome)
+                if chosen != genome:
+                    self.notes.append(f"architecture changes cut back to hold fidelity >= "
+                                      f"{self.floor} on the screening data")
+                if self.space.architecture_genes(chosen) and self.evaluator(chosen):
+                    self.attempt(self._complete(chosen), 1)
             else:
-                budget = budget.split(len(candidates))
-            refitted = self.guard.model(candidate)
-            before = evaluate(canonical, refitted, self.data, reference)
-            model, steps, _ = train(canonical, refitted, self.data, self.method, budget,
-                                    self.seed, self.progress)
-            after = (dataclasses.replace(before) if self.method == "refit"
-                     else evaluate(canonical, model, self.data, reference))
-            after.before_recovery = before
-            label = ", ".join(f"{self.space.genes[i].pass_name}@{self.space.genes[i].site}"
-                              for i in self.space.architecture_genes(candidate))
-            if meets(after, self.floor, self.metric):
-                model.metadata[METADATA_KEY] = label_recovered(
-                    model.changes.label() if model.changes.passes else label,
-                    self.method, after, self.metric)
-                self.notes.append(
-                    f"kept {label}: {after.default_metric() if self.metric is None else self.metric} "
-                    f"fidelity {after.value(self.metric):.4f} (>= {self.floor} one standard "
-                    f"error down; {before.value(self.metric):.4f} before recovery)")
-                uncertain = uncertainty_warning(after, self.metric)
-                if uncertain:
-                    self.warnings.append(uncertain)
-                return candidate, model, after
-            failures.append(f"{label}: {after.value(self.metric):.4f} "
-                            f"(bound {lower_bound(after, self.metric):.4f})")
-        exact = _prune(self.evaluator, climb(
-            self.evaluator, self.space.exact_part(genome),
-            [i for i, gene in enumerate(self.space.genes) if gene.exact], margin=1e-12))
-        if candidates:
+                self._search(genome)
+        self.notes.append(f"fidelity screened on {len(self.guard.cache)} refitted "
+                          f"candidates; {len(self.tried)} recovered by {self.method}")
+        if self.kept is not None:
+            candidate, model, after = self.kept
+            chosen_metric = self.metric or after.default_metric()
+            self.notes.append(
+                f"kept {len(self.space.architecture_genes(candidate))} architecture changes: "
+                f"{chosen_metric} fidelity {after.value(self.metric):.4f} (>= {self.floor} "
+                f"one standard error down) on {after.samples} held-out samples")
+            uncertain = uncertainty_warning(after, self.metric)
+            if uncertain:
+                self.warnings.append(uncertain)
+            return candidate, model, after
+        exact = self._complete(self.space.exact_part(genome))
+        if self.tried:
             samples = len(self.data.eval)
-            metric = self.metric or ("top1" if _classifier(reference) else "cosine")
+            metric = self.metric or ("top1" if _classifier(self.reference) else "cosine")
             if supportable_floor(samples, metric) < self.floor:
                 self.warnings.append(
                     f"too few held-out samples to support a change: {samples} samples bound "
                     f"{metric} fidelity one standard error down to at most "
                     f"{supportable_floor(samples, metric):.3f} < {self.floor}; give more "
                     "calibration data or --eval-data; kept exact rewrites only")
-            self.notes.append(f"no architecture change met {metric_name} fidelity >= "
-                              f"{self.floor} after recovery ({'; '.join(failures)}): exact "
-                              "rewrites only")
+            tried = "; ".join(summary for _, (_, summary) in sorted(self.tried.items()))
+            self.notes.append(f"no architecture change met {metric} fidelity >= "
+                              f"{self.floor} after recovery ({tried}): exact rewrites only")
         return exact, None, None
+
+    def _search(self, genome: Genome) -> None:
+        """Binary search over prefixes of the guard's ranking at the proxy floor."""
+        self.guard.floor = max(0.0, self.floor - self.PROXY_SLACK * (1.0 - self.floor))
+        order = self.guard.ranking(genome)
+        self.guard.floor = self.floor
+        lo, hi = 0, len(order)
+        first = True
+        while lo < hi:
+            mid = hi if first else (lo + hi + 1) // 2
+            left = 1 + math.ceil(math.log2(max(hi - lo, 1))) if first else max(
+                1, math.ceil(math.log2(max(hi - lo, 1))))
+            first = False
+            candidate = self._prefix(genome, order, mid)
+            if candidate is not None and self.attempt(candidate, left):
+                lo = mid
+            else:
+                hi = mid - 1
+            if self.budget.seconds is not None and (
+                    time.perf_counter() - self.start >= self.budget.seconds):
+                self.notes.append("recovery budget spent before the search over "
+                                  "prefixes ended")
+                break
 
 
 def _classifier(outputs: Mapping[str, np.ndarray]) -> bool:
