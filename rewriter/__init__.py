@@ -20,7 +20,6 @@ _LAZY = {
     "load_model": ("rewriter.graph_io", "load_model"),
     "save_model": ("rewriter.graph_io", "save_model"),
     "estimate": ("rewriter.cost.estimate", "estimate"),
-    "verify": ("rewriter.verify", "verify"),
     "recover": ("rewriter.recovery", "recover"),
     "RecoveryBudget": ("rewriter.recovery", "RecoveryBudget"),
 }

