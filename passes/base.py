@@ -61,6 +61,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.graph_io import Model
+from rewriter.graph_query import Namer
 
 if TYPE_CHECKING:
     from rewriter.cost.kernels import Kernel
@@ -231,19 +232,6 @@ class Pass(ABC):
         raise NotImplementedError(f"pass {self.name} declares no effect for the search")
 
 
-class Namer:
-    """Fresh tensor names in a graph (constants added by a rewrite need unique names)."""
-
-    def __init__(self, graph: gs.Graph) -> None:
-        self.used = set(graph.tensors().keys())
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
 
 
 def constant(namer: Namer, base: str, values: np.ndarray) -> gs.Constant:

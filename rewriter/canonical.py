@@ -52,12 +52,12 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.graph_query import const_value, is_empty_input
+from rewriter.graph_query import Namer, const_value, is_empty_input
 
 
 def canonicalize(graph: gs.Graph) -> list[str]:
     """Normalise `graph` in place (see the module docstring); return notes of what changed."""
-    namer = _Namer(set(graph.tensors()))
+    namer = Namer(graph)
     notes: list[str] = []
     removed, kept = _remove_identities(graph)
     for op, count in sorted(removed.items()):
@@ -78,17 +78,6 @@ def canonicalize(graph: gs.Graph) -> list[str]:
     return notes
 
 
-class _Namer:
-    def __init__(self, taken: set[str]) -> None:
-        self.taken = taken
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
 
 
 def _detach(node: gs.Node) -> None:

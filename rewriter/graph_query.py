@@ -97,3 +97,18 @@ def conv_attrs(info: ConvInfo, groups: int | None = None) -> dict[str, object]:
         "dilations": list(info.dilations),
         "kernel_shape": list(info.kernel),
     }
+
+
+class Namer:
+    """Fresh tensor names in a graph (constants added by a rewrite need unique names)."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.used = set(graph.tensors().keys())
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name

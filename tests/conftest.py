@@ -42,3 +42,14 @@ def mnv2_data(mnv2_folded):
     fit, _ = calibration_batches(mnv2_folded, None, count=16, batch=4, seed=0)
     held, _ = calibration_batches(mnv2_folded, None, count=16, batch=4, seed=1)
     return fit, held
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: on the shared 2-core test machines two threads
+    ran 3-100x slower (spinning against other processes), not faster."""
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

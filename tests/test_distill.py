@@ -21,17 +21,10 @@ from rewriter.rewrite import apply_pass  # noqa: E402
 from rewriter.samples import natural_photos  # noqa: E402
 
 RESOLUTION = 64
-THREADS = 1  # see _one_torch_thread
+THREADS = 1  # see the one_torch_thread fixture (conftest.py)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on the shared 2-core test machines two threads ran 3-100x
-    slower (spinning against other processes), not faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _crops(images: list[np.ndarray], per_image: int, seed: int) -> np.ndarray:

@@ -20,14 +20,7 @@ from rewriter.zoo import fixtures  # noqa: E402
 TOL = 1e-4  # of the output's largest magnitude
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on the shared 2-core test machines two threads ran 3-100x
-    slower (spinning against other processes), not faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _feeds(model: Model, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
