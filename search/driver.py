@@ -5,13 +5,14 @@
    parameter bytes, peak activations) and rejected when over the memory budget.
 3. Take the best feasible candidate, then drop every rewrite whose removal does not raise
    the estimated latency, so each rewrite kept has a positive gain.
-4. With architecture changes allowed, hold the candidate to the fidelity floor (the lowest
-   mean cosine similarity of any output to the original's on held-out calibration inputs,
-   after refitting; see `_FidelityGuard`): fidelity cannot be simulated, so it is measured
-   on built, refitted models, as few as the guard needs.
+4. With architecture changes allowed, hold the candidate to the fidelity floor after
+   recovery (`_RecoveryStage`): fidelity cannot be simulated, so changes are ranked on
+   built, refitted models (`_FidelityGuard`, on the val sources), the few candidates that
+   matter are recovered (distillation or refit) and judged on eval sources never used for
+   fitting, one standard error down; none holds: exact rewrites only.
 5. Build it with the real passes, verify the exact rewrites in onnxruntime (against the
-   original, or against the refitted architecture when it changed), and estimate the built
-   model for the report.
+   original, or against the recovered architecture when it changed), and estimate the
+   built model for the report.
 No feasible candidate is a `BudgetError` (exit code 3) naming the binding constraint.
 """
 
