@@ -50,6 +50,7 @@ from rewriter.cost.profile import HardwareProfile, ProfileError
 FORMAT = "rewriter.cost.regression"
 VERSION = 1
 COLUMNS = (*SPEC_FIELDS, "latency_ms")
+MAX_ROWS = 50_000  # rows an estimator file may hold (see _check_document)
 # Files saved before OpSpec had a layout: their rows lack it, and it is "" for all of them.
 _COLUMNS_BEFORE_LAYOUT = tuple(c for c in COLUMNS if c != "layout")
 MAX_FILE_BYTES = 64 * 2**20
@@ -346,6 +347,11 @@ def _check_document(data: Any, where: str) -> tuple[dict[str, Any], list[Row]]:
     rows = data["rows"]
     if not isinstance(rows, list) or not rows:
         raise EstimatorError(f"{where}: rows: expected a non-empty list")
+    if len(rows) > MAX_ROWS:
+        # the estimator is refitted from its rows on every load; past this a load takes
+        # minutes: a device's measurements need far fewer rows (cpu-ort ships 4,900)
+        raise EstimatorError(f"{where}: {len(rows):,} rows; at most {MAX_ROWS:,} are "
+                             "accepted (the fit is redone on every load): sample fewer")
     if old:
         at = COLUMNS.index("layout")
         rows = [row[:at] + [""] + row[at:] if isinstance(row, list) else row for row in rows]

@@ -96,6 +96,7 @@ def _mutations(good: dict):
     yield "short-row", with_(rows=[row[:5]]), "list of 17"
     yield "bad-layout", with_(rows=[[*row[:-2], "nhwc", row[-1]]]), "layout"
     yield "no-rows", with_(rows=[]), "non-empty"
+    yield "too-many-rows", with_(rows=[row] * 50_001), "at most 50,000"
     yield "hp-type", with_(hyperparameters={**good["hyperparameters"], "max_depth": "3"}), \
         "max_depth"
     yield "hp-range", with_(hyperparameters={**good["hyperparameters"], "n_estimators": 10**9}), \
