@@ -573,7 +573,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             ("--fidelity-metric", args.fidelity_metric), ("--multipliers", args.multipliers))
             if value is not None]
         if ignored:
-            print(f"warning: {', '.join(ignored)} only matter with "
+            verb = "matters" if len(ignored) == 1 else "matter"
+            print(f"warning: {', '.join(ignored)} only {verb} with "
                   "--allow-architecture-changes; ignored", file=sys.stderr)
     given = {}  # the rest keep optimize's defaults
     if args.min_fidelity is not None:
