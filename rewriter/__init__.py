@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # one version source: the installed package's metadata (pyproject.toml)
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("rewriter")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"
 
 _LAZY = {
     "optimize": ("rewriter.search.driver", "optimize"),

@@ -193,7 +193,9 @@ def _add_recovery_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rewriter", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version="rewriter 0.1.0")
+    from rewriter import __version__
+
+    parser.add_argument("--version", action="version", version=f"rewriter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("passes", help="list the passes and whether each is exact")
