@@ -27,7 +27,13 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def timed(plain, case):
-    return time_kernels(plain, [spec for *_, spec in plain.parts(case.model)], progress=False)
+    try:
+        return time_kernels(plain, [spec for *_, spec in plain.parts(case.model)],
+                            progress=False)
+    except ProfileError as exc:  # cpu-ort's ops were measured on another kind of CPU
+        if "not on this machine" not in str(exc):
+            raise
+        pytest.skip(str(exc))
 
 
 def test_every_kernel_priced_is_timed(plain, case, timed):

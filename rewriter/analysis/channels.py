@@ -180,8 +180,7 @@ class _Analysis:
 
     def space(self, tensor: gs.Tensor) -> list[Segment]:
         if tensor.name not in self.layout:
-            channels = self.channels(tensor)
-            self.layout[tensor.name] = [(tensor.name, channels or 0)]
+            self.new_space(tensor)  # registered as a group too: it may be frozen later
         return self.layout[tensor.name]
 
     def new_space(self, tensor: gs.Tensor) -> None:
