@@ -69,7 +69,13 @@ def test_the_ratio_is_now_over_then(here, monkeypatch):
     plain = target.estimate(model).latency_ms
     report = validate_retimed(target, [Case("m", model)], [1.0], 3, rows=rows)
     assert report.speed.ratio == pytest.approx(2.0)
-    assert report.rows[0].estimated_ms > 1.5 * plain
+    # per-op overhead is not scaled, so the whole model is slower by less than x2; how
+    # much less depends on the CPU the CSV was timed on
+    assert report.rows[0].estimated_ms > 1.05 * plain
+    target.set_speed(2.0)
+    at_two = target.estimate(model).latency_ms
+    target.set_speed(1.0)
+    assert report.rows[0].estimated_ms == pytest.approx(at_two)
     assert target.speed == 1.0 and target.estimate(model).latency_ms == pytest.approx(plain)
 
 
