@@ -12,7 +12,8 @@ function as the graph it replaces (up to float rounding where weights are rescal
    (the tensor is renamed, not copied); when its input is a graph input, another graph
    output or a constant, the node stays (there is nothing to rename).
 
-2. A per-channel Mul / Add / Sub of a constant right after a Conv whose output nothing else
+2. A per-channel Mul / Add / Sub of a constant right after a Conv (or a ConvTranspose:
+   its output channels are weight axis 1; Mul only with group 1) whose output nothing else
    reads is folded into the conv (BN exported as Mul+Add, conv bias as a separate Add):
    (conv(x, W) + b) * s = conv(x, W * s) + b * s and (conv(x, W) + b) + t =
    conv(x, W) + (b + t), where s and t broadcast as [1, C, 1, 1] (after right-aligning to
@@ -38,6 +39,20 @@ function as the graph it replaces (up to float rounding where weights are rescal
      MaxPools keep their Pad.
    Pads in another mode (reflect, edge), with a non-zero value, or read by anything else
    stay; channel analysis treats a spatial Pad as channel-transparent.
+
+4. MatMul(A, B) + C becomes Gemm(A, B, C) (one kernel instead of two) when B is a
+   constant [K, M], C a constant of shape [M] or [1, M] and only the Add reads the
+   product. A known to be 2-D: Gemm directly. A of shape [B, T..., K] with every dim but
+   the batch known: Reshape to [-1, K], Gemm, Reshape to [-1, T..., M]; the batch stays
+   symbolic.
+
+5. The initial state of an LSTM / GRU / RNN built as ConstantOfShape of 0 (torch exports
+   h0 = zeros(1, batch, hidden) that way, computing the batch at run time) is dropped: an
+   absent initial state is zero by the op's definition.
+
+Before these, on load (rewriter.graph_io), constant subgraphs are folded, and shape
+arguments computed at run time are made constant at the fixed input dims with the batch
+kept symbolic (rewriter.static_shapes).
 
 Activations in any spelling (ReLU6 as Clip, hard-swish as x * HardSigmoid(x) or
 x * Clip(x + 3, 0, 6) / 6, SiLU as x * Sigmoid(x)) are recognised by
@@ -69,6 +84,13 @@ def canonicalize(graph: gs.Graph) -> list[str]:
     for (op, into), count in sorted(folded.items()):
         notes.append(f"folded {count} per-channel {op} node{'s' if count > 1 else ''} "
                      f"into Conv {into}")
+    states = _drop_zero_states(graph)
+    if states:
+        notes.append(f"dropped {states} zero initial state{'s' if states > 1 else ''} of "
+                     "recurrent nodes (the default when absent)")
+    gemms = _matmul_add_to_gemm(graph, namer)
+    if gemms:
+        notes.append(f"fused {gemms} MatMul + Add pair{'s' if gemms > 1 else ''} into Gemm")
     pads, left = _fold_pads(graph)
     for op, count in sorted(pads.items()):
         notes.append(f"folded {count} Pad node{'s' if count > 1 else ''} into {op} pads")
@@ -166,13 +188,16 @@ def _fold_affine(graph: gs.Graph, namer: Callable[[str], str]) -> Counter:
     while changed:
         changed = False
         for conv in list(graph.nodes):
-            if conv.op != "Conv" or len(conv.inputs) < 2 or not conv.outputs:
+            if conv.op not in ("Conv", "ConvTranspose") or len(conv.inputs) < 2 or not (
+                    conv.outputs):
                 continue
             weight = const_value(conv.inputs[1])
             has_bias = len(conv.inputs) > 2 and not is_empty_input(conv.inputs[2])
             bias = const_value(conv.inputs[2]) if has_bias else None
             if weight is None or (has_bias and bias is None) or weight.ndim < 3:
                 continue
+            transposed = conv.op == "ConvTranspose"
+            group = int(conv.attrs.get("group", 1))
             y = conv.outputs[0]
             if _is_graph_output(graph, y) or len(y.outputs) != 1:
                 continue
@@ -186,14 +211,17 @@ def _fold_affine(graph: gs.Graph, namer: Callable[[str], str]) -> Counter:
             else:
                 continue
             value = const_value(other)
-            cout = int(weight.shape[0])
+            # ConvTranspose weights are [Cin, Cout / group, k...]: output channels on axis 1
+            cout = int(weight.shape[1]) * group if transposed else int(weight.shape[0])
             vector = _per_channel(value, cout, weight.ndim) if value is not None else None
-            if vector is None:
+            if vector is None or (transposed and nxt.op == "Mul" and group != 1):
                 continue
             b = bias.astype(np.float64) if bias is not None else np.zeros(cout)
             if nxt.op == "Mul":
-                w = (weight.astype(np.float64)
-                     * vector.reshape((cout,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)
+                axis_shape = ((1, cout) if transposed else (cout,)) + (1,) * (
+                    weight.ndim - (2 if transposed else 1))
+                w = (weight.astype(np.float64) * vector.reshape(axis_shape)).astype(
+                    weight.dtype)
                 b = b * vector
                 conv.inputs[1] = gs.Constant(namer(f"{conv.name}.weight_canonical"), w)
                 into = "weights"
@@ -347,3 +375,97 @@ def _fold_pads(graph: gs.Graph) -> tuple[Counter, Counter]:
         folded["/".join(sorted({r.op for r in readers}))] += 1
         _detach(pad)
     return folded, left
+
+
+# -- 4. MatMul + Add of a bias into Gemm -----------------------------------------------------
+def _matmul_add_to_gemm(graph: gs.Graph, namer: Callable[[str], str]) -> int:
+    """MatMul(A, B) + C -> Gemm(A, B, C) when A is known to be 2-D, B is a constant [K, M],
+    C a constant broadcasting as [M] or [1, M], and only the Add reads the product: the
+    same sum (Gemm computes A B + C with C broadcast unidirectionally to [N, M]); one
+    kernel instead of two."""
+    fused = 0
+    for matmul in list(graph.nodes):
+        if matmul.op != "MatMul" or len(matmul.inputs) != 2 or len(matmul.outputs) != 1:
+            continue
+        a, b, y = matmul.inputs[0], matmul.inputs[1], matmul.outputs[0]
+        weight = const_value(b)
+        if (weight is None or weight.ndim != 2 or isinstance(a, gs.Constant)
+                or not np.issubdtype(weight.dtype, np.floating)):
+            continue
+        rows = _rows_shape(a)
+        if rows is None:
+            continue
+        if _is_graph_output(graph, y) or len(y.outputs) != 1 or y.outputs[0].op != "Add":
+            continue
+        add = y.outputs[0]
+        if len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+            continue
+        other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+        bias = const_value(other)
+        m = int(weight.shape[1])
+        if (bias is None or bias.dtype != weight.dtype or bias.ndim > 2
+                or (bias.ndim == 2 and bias.shape[0] != 1)
+                or (bias.ndim >= 1 and bias.shape[-1] not in (1, m))):
+            continue
+        c = gs.Constant(namer(f"{matmul.name or 'gemm'}.bias_canonical"),
+                        np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (m,))))
+        out = add.outputs[0]
+        base = matmul.name or "gemm"
+        if rows:  # [B, T..., K]: Gemm on [B * T..., K], then back to [B, T..., M]
+            flat = gs.Variable(namer(f"{base}.rows"), dtype=a.dtype)
+            product = gs.Variable(namer(f"{base}.gemm"), dtype=a.dtype)
+            graph.nodes.append(gs.Node("Reshape", namer(f"{base}_rows"), inputs=[
+                a, gs.Constant(namer(f"{base}.rows_shape"),
+                               np.asarray([-1, int(weight.shape[0])], np.int64))],
+                outputs=[flat]))
+            graph.nodes.append(gs.Node("Gemm", namer(f"{base}_gemm"), inputs=[flat, b, c],
+                                       outputs=[product]))
+            graph.nodes.append(gs.Node("Reshape", namer(f"{base}_unrows"), inputs=[
+                product, gs.Constant(namer(f"{base}.unrows_shape"),
+                                     np.asarray([-1, *rows, m], np.int64))],
+                outputs=[out]))
+        else:
+            graph.nodes.append(gs.Node("Gemm", namer(f"{base}_gemm"), inputs=[a, b, c],
+                                       outputs=[out]))
+        _detach(add)
+        _detach(matmul)
+        fused += 1
+    return fused
+
+
+def _rows_shape(a: gs.Tensor) -> list[int] | None:
+    """[] when `a` is known 2-D; its static middle dims when it is [B, T..., K] with every
+    dim but the first known (the Gemm then runs on rows, reshaped); None otherwise."""
+    if a.shape is None or len(a.shape) < 2:
+        return None
+    if len(a.shape) == 2:
+        return []
+    middle = list(a.shape[1:-1])
+    if not all(isinstance(d, (int, np.integer)) and d > 0 for d in middle + [a.shape[-1]]):
+        return None
+    return [int(d) for d in middle]
+
+
+# -- 5. zero initial states of recurrent nodes -----------------------------------------------
+def _drop_zero_states(graph: gs.Graph) -> int:
+    """An LSTM / GRU / RNN initial state made by ConstantOfShape of 0 (exporters build it
+    at run time from the batch size) is the state the op starts from when the input is
+    absent: the input is dropped, and with it the shape computation."""
+    dropped = 0
+    slots = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+    for node in graph.nodes:
+        for index in slots.get(node.op, ()):
+            if index >= len(node.inputs) or is_empty_input(node.inputs[index]):
+                continue
+            state = node.inputs[index]
+            maker = state.inputs[0] if isinstance(state, gs.Variable) and state.inputs else None
+            if maker is None or maker.op != "ConstantOfShape" or _is_graph_output(graph, state):
+                continue
+            value = maker.attrs.get("value")
+            fill = np.asarray(value.values if isinstance(value, gs.Constant) else
+                              (value if value is not None else 0.0))
+            if fill.size != 1 or float(fill.reshape(-1)[0]) != 0.0:
+                continue
+            node.inputs[index] = gs.Variable.empty()
+            dropped += 1
+    return dropped

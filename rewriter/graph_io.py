@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from rewriter.canonical import canonicalize
+from rewriter.static_shapes import fold_computed_shapes
 from rewriter.changes import ArchitectureChanges
 from rewriter.errors import BadInputError, RewriterError, UnsupportedError
 
@@ -441,8 +442,17 @@ def model_from_proto(
 
     graph = gs.import_onnx(proto)
     _constant_nodes_to_initializers(graph)
+    # The user's non-batch dims are fixed first, so that shape computations over them
+    # (Shape -> Gather -> Concat -> Reshape chains) fold into constants below.
+    resolved = _resolve_input_shapes(graph, dict(input_shapes or {}))
+    before = len(graph.nodes)
+    static = fold_computed_shapes(graph, proto.ir_version, resolved)
+    if static:
+        notes.append(f"made {static} computed Reshape/Expand shape{'s' if static > 1 else ''}"
+                     " constant at the fixed input dims (the batch stays symbolic)")
+    graph, declared = _with_inferred_shapes(graph, proto)
     try:
-        big = _large_tensors(proto)
+        big = _large_tensors(gs.export_onnx(graph, do_type_check=False))
         graph.fold_constants(error_ok=True, size_threshold=FOLD_SIZE_LIMIT,
                              should_exclude_node=lambda n: any(t.name in big for t in n.outputs))
     except Exception:  # folding is an optimisation; an unfoldable graph still loads
@@ -450,8 +460,13 @@ def model_from_proto(
     # Folding leaves dead constant subgraphs; drop them so that canonicalize sees only the
     # readers that remain.
     graph.cleanup(remove_unused_graph_inputs=False)
+    folded = before - len(graph.nodes)
+    if folded > 0 and any(n.op_type in ("Shape", "Size") for n in proto.graph.node):
+        notes.append(f"folded {folded} node{'s' if folded > 1 else ''} of constant and "
+                     "shape computations into constants")
     notes.extend(canonicalize(graph))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _forget_inferred_shapes(graph, declared)
     _name_nodes(graph)
     constant = [t.name for t in graph.outputs if isinstance(t, gs.Constant)]
     if constant:
@@ -467,7 +482,7 @@ def model_from_proto(
         metadata={p.key: p.value for p in proto.metadata_props},
         canonical_notes=notes,
     )
-    model.input_shapes = _resolve_input_shapes(graph, dict(input_shapes or {}))
+    model.input_shapes = resolved
     total = sum(4 * math.prod(s) for s in model.input_shapes.values()
                 if s is not None)
     if total > MAX_INPUT_BYTES:
@@ -479,6 +494,37 @@ def model_from_proto(
 # say how large the output is.
 _EXPANDING_OPS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad",
                   "OneHot", "EyeLike", "RandomNormal", "RandomUniform"}
+
+
+def _with_inferred_shapes(graph: gs.Graph, proto: onnx.ModelProto
+                          ) -> tuple[gs.Graph, dict[str, object]]:
+    """`graph` re-imported with every tensor's shape as onnx infers it (with data
+    propagation, at the fixed input dims), for constant folding to fold shape computations
+    and canonical rules to see ranks; and the shapes the file itself declared (name ->
+    shape), to restore afterwards. The graph as it was when inference fails."""
+    declared = {name: t.shape for name, t in graph.tensors().items()
+                if isinstance(t, gs.Variable)}
+    try:
+        graph.cleanup(remove_unused_graph_inputs=False)  # nodes emptied by earlier steps
+        exported = gs.export_onnx(graph, do_type_check=False)
+        exported.ir_version = proto.ir_version
+        inferred = onnx.shape_inference.infer_shapes(exported, data_prop=True)
+        again = gs.import_onnx(inferred)
+    except Exception:
+        return graph, declared
+    if [t.name for t in again.inputs] != [t.name for t in graph.inputs]:
+        return graph, declared
+    return again, declared
+
+
+def _forget_inferred_shapes(graph: gs.Graph, declared: Mapping[str, object]) -> None:
+    """Tensors other than the inputs get back the shapes the file declared (None for most
+    intermediates): passes change channel counts without updating shapes, and
+    `Model.shapes` infers them afresh."""
+    keep = {id(t) for t in graph.inputs}
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in keep:
+            tensor.shape = declared.get(name)
 
 
 def _large_tensors(proto: onnx.ModelProto) -> set[str]:

@@ -448,3 +448,174 @@ def test_static_padding_mobilenetv2_is_seen_like_the_normal_one(fold_bn):
     assert [g.to_dict() for g in channel_groups(static)] == [
         g.to_dict() for g in channel_groups(normal)]
     _assert_same_function(static_proto, static)
+
+
+# -- ConvTranspose, MatMul + Add, computed shapes, recurrent zero states ----------------------
+def _graph_model(nodes, inits, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    ops = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=ops)
+    model.ir_version = helper.find_min_ir_version_for(ops)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    for out in model.graph.output:  # a computed shape leaves the output's rank unknown
+        if not out.type.tensor_type.HasField("shape"):
+            out.type.tensor_type.shape.SetInParent()
+    onnx.checker.check_model(model)
+    return model
+
+
+def _same_at_batches(proto: onnx.ModelProto, model, batches=(1, 2, 5)) -> None:
+    """The loaded model computes the original's function at every batch size (so the
+    batch stayed symbolic)."""
+    exported = model.to_onnx()
+    for batch in batches:
+        feeds = {name: np.random.default_rng(batch).standard_normal(
+                     (batch, *shape[1:])).astype(np.float32)
+                 for name, shape in model.concrete_input_shapes().items()}
+        want = run_model(proto, feeds, optimize=False)
+        got = run_model(exported, feeds, optimize=False)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul"])
+def test_per_channel_op_after_conv_transpose_folds(op):
+    w = _w(4, 3, 2, 2)  # [Cin, Cout, k, k]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], strides=[2, 2]),
+             helper.make_node(op, ["t", "s"], ["y"])]
+    inits = [_init("w", w), _init("s", _w(1, 3, 1, 1) + 1.0)]
+    proto = _model(nodes, inits)
+    model = model_from_proto(proto)
+    assert _ops(model) == ["ConvTranspose"]
+    _assert_same_function(proto, model)
+
+
+def test_conv_transpose_bias_add_then_batchnorm_folds_completely():
+    """paddle2onnx's upsampling: ConvTranspose -> Add(bias) -> BatchNormalization; once
+    the Add is in the bias, fold-bn takes the BN."""
+    from rewriter.passes import get_pass
+    from rewriter.rewrite import apply_pass
+
+    c = 3
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], strides=[2, 2]),
+             helper.make_node("Add", ["t", "b"], ["u"]),
+             helper.make_node("BatchNormalization", ["u", "g", "be", "m", "v"], ["y"])]
+    inits = [_init("w", _w(4, c, 2, 2)), _init("b", _w(1, c, 1, 1)),
+             _init("g", _w(c) + 1), _init("be", _w(c)), _init("m", _w(c)),
+             _init("v", np.abs(_w(c)) + 0.5)]
+    proto = _model(nodes, inits)
+    model = model_from_proto(proto)
+    assert _ops(model) == ["ConvTranspose", "BatchNormalization"]
+    _assert_same_function(proto, model)
+    folded = apply_pass(model, get_pass("fold-bn")).model
+    assert _ops(folded) == ["ConvTranspose"]
+    _assert_same_function(proto, folded)
+
+
+def test_grouped_conv_transpose_is_not_scaled_per_channel():
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], group=2),
+             helper.make_node("Mul", ["t", "s"], ["y"])]
+    proto = _model(nodes, [_init("w", _w(4, 2, 3, 3)), _init("s", _w(1, 4, 1, 1))])
+    model = model_from_proto(proto)
+    assert _ops(model) == ["ConvTranspose", "Mul"]
+    _assert_same_function(proto, model)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_matmul_plus_bias_becomes_gemm(rank):
+    """2-D: one Gemm. [N, T, K]: Gemm over the N*T rows between two Reshapes, the batch
+    still symbolic."""
+    k, m = 6, 5
+    shape = ["N", k] if rank == 2 else ["N", 7, k]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+             helper.make_node("Add", ["b", "p"], ["y"])]
+    proto = _graph_model(nodes, [_init("w", _w(k, m)), _init("b", _w(m))],
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = model_from_proto(proto)
+    assert _ops(model) == (["Gemm"] if rank == 2 else ["Reshape", "Gemm", "Reshape"])
+    assert any("into Gemm" in n for n in model.canonical_notes)
+    _same_at_batches(proto, model)
+
+
+def test_matmul_with_a_bias_that_is_not_a_row_vector_stays():
+    k, m = 6, 5
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+             helper.make_node("Add", ["p", "b"], ["y"])]
+    proto = _graph_model(nodes, [_init("w", _w(k, m)), _init("b", _w(3, m))],
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert _ops(model_from_proto(proto)) == ["MatMul", "Add"]
+
+
+def _computed_reshape(proto_batch_source: str = "x") -> onnx.ModelProto:
+    """y = Reshape(conv(x), [Shape(x)[0], C * H * W / 4, 4]): the exporters' idiom."""
+    conv, inits = _conv("conv", "x", "c", 4, 6, pads=(1, 1, 1, 1))
+    nodes = [conv,
+             helper.make_node("Shape", [proto_batch_source], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Shape", ["c"], ["cs"]),
+             helper.make_node("Slice", ["cs", "one", "four"], ["chw"]),
+             helper.make_node("ReduceProd", ["chw"], ["prod"], keepdims=1),
+             helper.make_node("Div", ["prod", "four_i"], ["q"]),
+             helper.make_node("Concat", ["n1", "q", "four_i"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["c", "shape"], ["y"])]
+    inits += [_init("zero", np.array(0, np.int64)), _init("axes", np.array([0], np.int64)),
+              _init("one", np.array([1], np.int64)), _init("four", np.array([4], np.int64)),
+              _init("four_i", np.array([4], np.int64))]
+    return _graph_model(nodes, inits,
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], opset=13)
+
+
+def test_computed_reshape_shape_becomes_constant_with_the_batch_symbolic():
+    proto = _computed_reshape()
+    model = model_from_proto(proto, {"x": (1, 4, 8, 8)})
+    assert _ops(model) == ["Conv", "Reshape"]
+    shape = model.graph.nodes[1].inputs[1].values.tolist()
+    assert shape == [0, -1, 4]  # dim 0 copied from the data (any batch), 96 inferred
+    assert any("computed Reshape/Expand shape" in n for n in model.canonical_notes)
+    _same_at_batches(proto, model)
+
+
+def test_computed_shape_stays_without_fixed_input_dims():
+    proto = _computed_reshape()
+    with pytest.raises(Exception):
+        model_from_proto(proto).shapes  # H, W unknown: nothing to fold against
+    model = model_from_proto(proto)
+    assert "Shape" in _ops(model)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_zero_initial_state_of_a_recurrent_node_is_dropped(op):
+    """torch exports an LSTM's zero h0 / c0 as ConstantOfShape([1, batch, hidden])."""
+    t, n_in, hidden = 5, 3, 4
+    gates = 4 if op == "LSTM" else 3
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["dirs", "n1", "hid"], ["state_shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["state_shape"], ["h0"],
+                              value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+    inputs = ["x", "W", "R", "B", "", "h0"] + (["h0"] if op == "LSTM" else [])
+    nodes.append(helper.make_node(op, inputs, ["y"], hidden_size=hidden))
+    inits = [_init("W", _w(1, gates * hidden, n_in)), _init("R", _w(1, gates * hidden, hidden)),
+             _init("B", _w(1, 2 * gates * hidden)), _init("one", np.array(1, np.int64)),
+             _init("axes", np.array([0], np.int64)), _init("dirs", np.array([1], np.int64)),
+             _init("hid", np.array([hidden], np.int64))]
+    proto = _graph_model(nodes, inits,
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [t, "N", n_in])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], opset=13)
+    model = model_from_proto(proto)
+    assert _ops(model) == [op]
+    assert any("zero initial state" in n for n in model.canonical_notes)
+    feeds_batches = (1, 3)
+    exported = model.to_onnx()
+    for batch in feeds_batches:
+        x = np.random.default_rng(batch).standard_normal((t, batch, n_in)).astype(np.float32)
+        want = run_model(proto, {"x": x}, optimize=False)["y"]
+        np.testing.assert_allclose(run_model(exported, {"x": x}, optimize=False)["y"], want,
+                                   rtol=1e-5, atol=1e-6)

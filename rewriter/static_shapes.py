@@ -1,0 +1,126 @@
+"""Shape computations made constant at the fixed input dims, a symbolic batch kept.
+
+Exporters compute the shape arguments of Reshape and Expand at run time (Shape -> Gather
+-> Unsqueeze -> Concat chains, with Cast, Slice and arithmetic in between), so one file
+serves any input size. Once the user fixes the non-batch input dims, those shapes are
+fixed too, except for the batch: onnxslim and onnx-simplifier fold them by fixing the
+batch as well. Here the batch stays symbolic, so the shape argument is rewritten so as
+not to depend on it:
+
+The graph is run twice in onnxruntime, at batch sizes 1 and 3 (every other input dim as
+fixed), and the shapes of the tensors around each computed Reshape/Expand are read. For a Reshape (allowzero 0) whose shape argument is computed, output dim j
+becomes
+- the constant d when it is d at both batch sizes;
+- 0 ("copy dim j of the data input") when it equals the data input's dim j at both;
+- -1 ("whatever is left") for at most one dim that is neither;
+otherwise the Reshape is left alone. When every dim is settled, the largest constant one
+becomes -1 all the same, so that a channel rewrite upstream (a depth multiplier before a
+flatten to [N, C]) does not meet a channel count baked into the constant. An Expand whose output shape is the same at both
+batch sizes gets that shape as a constant argument (Expand broadcasts its input to it, so
+the result is the same). The chains that computed the old arguments are then dead and
+are removed. Dims that are the same at two batch sizes are the same at every batch size
+for the linear shape arithmetic exporters write; the loaded model is checked against the
+file's own graph in onnxruntime whenever it is optimised, as every rewrite is.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from rewriter.graph_query import Namer, const_value
+
+__all__ = ["fold_computed_shapes"]
+
+BATCHES = (1, 3)
+
+
+def _run_shapes(graph: gs.Graph, ir_version: int, inputs: Mapping[str, Sequence[int]],
+                batch: int, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of tensors `names` when the graph runs in onnxruntime at `batch` (other
+    input dims as fixed; the values are seeded noise, shapes do not depend on them)."""
+    from rewriter.runtime import run_model, with_outputs
+
+    copy = graph.copy()
+    copy.cleanup(remove_unused_graph_inputs=False)  # nodes emptied by earlier folding
+    proto = gs.export_onnx(copy, do_type_check=False)
+    proto.ir_version = ir_version
+    del proto.graph.value_info[:]
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for tensor in copy.inputs:
+        shape = (batch, *[int(d) for d in inputs[tensor.name][1:]])
+        dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
+        feeds[tensor.name] = (rng.standard_normal(shape).astype(dtype)
+                              if np.issubdtype(dtype, np.floating) else np.zeros(shape, dtype))
+    values = run_model(with_outputs(proto, names), feeds, list(names), optimize=False)
+    return {name: tuple(int(d) for d in value.shape) for name, value in values.items()}
+
+
+def _reshape_target(out: Sequence[tuple[int, ...]], data: Sequence[tuple[int, ...]]
+                    ) -> list[int] | None:
+    (out1, out3), (in1, in3) = out, data
+    if len(out1) != len(out3):
+        return None
+    target: list[int] = []
+    free = 0
+    for j, (a, b) in enumerate(zip(out1, out3)):
+        if a == b and a != 0:
+            target.append(a)
+        elif j < len(in1) and j < len(in3) and in1[j] == a and in3[j] == b:
+            target.append(0)
+        else:
+            free += 1
+            target.append(-1)
+    if free > 1:
+        return None
+    if free == 0:
+        # Leave the largest constant dim to be inferred: it is the one a channel rewrite
+        # downstream changes (a flattened [N, C]), and -1 keeps following it.
+        fixed = [j for j, d in enumerate(target) if d > 0]
+        if fixed:
+            target[max(fixed, key=lambda j: target[j])] = -1
+    return target
+
+
+def fold_computed_shapes(graph: gs.Graph, ir_version: int,
+                         inputs: Mapping[str, Sequence[int] | None]) -> int:
+    """Make computed Reshape/Expand shape arguments constant (module docstring), in place;
+    the number of arguments replaced. Nothing is done unless every input's dims are known
+    and shape inference succeeds at both batch sizes."""
+    computed = [n for n in graph.nodes if n.op in ("Reshape", "Expand") and len(n.inputs) > 1
+                and const_value(n.inputs[1]) is None]
+    if not computed or any(inputs.get(t.name) is None for t in graph.inputs):
+        return 0
+    names = sorted({t.name for n in computed for t in (n.inputs[0], n.outputs[0])
+                    if not isinstance(t, gs.Constant)})
+    try:
+        at = [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
+              for b in BATCHES]
+    except Exception:  # a graph that does not run at these sizes keeps its computed shapes
+        return 0
+    namer = Namer(graph)
+    replaced = 0
+    for node in computed:
+        data, out = node.inputs[0], node.outputs[0]
+        outs = [s.get(out.name) for s in at]
+        datas = [s.get(data.name) if not isinstance(data, gs.Constant)
+                 else tuple(data.values.shape) for s in at]
+        if any(o is None for o in outs) or any(d is None for d in datas):
+            continue
+        if node.op == "Reshape":
+            if int(node.attrs.get("allowzero", 0)) != 0:
+                continue
+            target = _reshape_target(outs, datas)
+        else:
+            target = list(outs[0]) if outs[0] == outs[1] else None
+        if target is None:
+            continue
+        node.inputs[1] = gs.Constant(namer(f"{node.name or node.op}.shape_static"),
+                                     np.asarray(target, np.int64))
+        replaced += 1
+    if replaced:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    return replaced
