@@ -84,6 +84,7 @@ UNCROPPED = 0.2  # share of samples left at full view (the deployment distributi
 CONTRAST = 0.2  # contrast factor in 1 +- this
 BRIGHTNESS = 0.1  # brightness shift in +- this times the inputs' standard deviation
 MIXUP = 0.5  # share of samples mixed with another
+FLIP = 0.5  # share of samples flipped left-right
 MIXUP_ALPHA = 0.4  # Beta(alpha, alpha) mixing weights: mostly light mixes
 MISSING_TORCH = "distillation needs PyTorch: pip install 'rewriter[train]'"
 
@@ -236,7 +237,7 @@ def _augment(torch: Any, batch: dict[str, Any], rng: np.random.Generator,
         width[keep], height[keep] = 1.0, 1.0
         cx = rng.uniform(-1, 1, size=n) * (1 - width)
         cy = rng.uniform(-1, 1, size=n) * (1 - height)
-        flip = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+        flip = np.where(rng.random(n) < FLIP, -1.0, 1.0)
         theta = np.zeros((n, 2, 3))
         theta[:, 0, 0], theta[:, 0, 2] = width * flip, cx
         theta[:, 1, 1], theta[:, 1, 2] = height, cy
