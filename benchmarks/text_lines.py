@@ -7,29 +7,54 @@ placement, colours and sizes), as a user with their own scans would. Half the li
 turned 180 degrees so that both classes occur. Glyphs come from Pillow's bundled font.
 
     python benchmarks/text_lines.py OUT_DIR --count 400 --seed 0 --layout a
+    python benchmarks/text_lines.py --accuracy    # the classifier itself on each layout
 """
 
 from __future__ import annotations
 
 import argparse
-import string
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 HEIGHT, WIDTH = 48, 192
-_CHARS = string.ascii_letters + string.digits + "      .,:-"
+# Words as text lines carry them (a fixed list, so the lines are the same everywhere):
+# ascenders, descenders and capitals are what tells upright text from text turned over.
+_WORDS = """the of and to in is was for that with as on by at from his her they which
+this be are or an had not but were have one all their has there been would when who
+will more no if out so said what up its about into than them can only other new some
+could time these two may then do first any my now such like our over man me even most
+made after also did many before must through back years where much your way well down
+should because each just those people how too little state good very make world still
+own see men work long get here between both life being under never day same another
+know while last might us great old year off come since against go came right used take
+three Paper Invoice Total Amount Date Street Road London Paris Berlin Madrid Account
+Number Order Customer Price Quantity Subtotal Payment Receipt Bank Office Company Report
+Summary Chapter Section Figure Table Page Address Phone Email Name Signature Monday
+Tuesday Friday January March October 2019 2021 2024 12.50 3,400 No. Ltd. Inc. Tel:""".split()
+_PUNCT = ["", "", "", "", ",", ".", ":"]
 
 
-def _word(rng: np.random.Generator) -> str:
-    return "".join(rng.choice(list(_CHARS), int(rng.integers(6, 16)))).strip() or "text"
+def _line_text(rng: np.random.Generator) -> str:
+    words = [str(rng.choice(_WORDS)) + str(rng.choice(_PUNCT)) for _ in range(8)]
+    if rng.random() < 0.5:
+        words[0] = words[0].capitalize()
+    return " ".join(words)
 
 
 def text_line(rng: np.random.Generator, layout: str) -> np.ndarray:
-    """One HxWx3 uint8 text line drawn in `layout` ('a': dark on light, left aligned,
-    large; 'b': varied colours and backgrounds, any alignment, smaller, slightly blurred;
-    'c': sheared glyphs on a shaded background)."""
+    """One HxWx3 uint8 text line (see `labelled_line`)."""
+    return labelled_line(rng, layout)[0]
+
+
+def labelled_line(rng: np.random.Generator, layout: str) -> tuple[np.ndarray, bool]:
+    """One HxWx3 uint8 text line, as a text detector would crop it (the line near the
+    middle, filling most of the height), drawn in `layout` ('a': dark on light, left
+    aligned, large; 'b': tinted paper and coloured ink (a tenth light on dark), indented,
+    smaller, slightly blurred; 'c': sheared glyphs on a shaded background), and whether it
+    was turned 180 degrees."""
     if layout == "a":
         background = tuple(int(v) for v in rng.integers(215, 256, 3))
         ink = tuple(int(v) for v in rng.integers(0, 60, 3))
@@ -37,19 +62,20 @@ def text_line(rng: np.random.Generator, layout: str) -> np.ndarray:
     elif layout == "c":  # sheared glyphs on a shaded background, sizes of both others
         background = tuple(int(v) for v in rng.integers(120, 240, 3))
         ink = tuple(int(v) for v in rng.integers(0, 90, 3))
-        size, x = int(rng.integers(16, 31)), int(rng.integers(2, 40))
-    else:
-        dark = rng.random() < 0.4
+        size, x = int(rng.integers(20, 33)), int(rng.integers(2, 30))
+    else:  # tinted paper and coloured ink, a tenth of lines light on dark
+        dark = rng.random() < 0.1
         background = tuple(int(v) for v in (rng.integers(0, 70, 3) if dark
                                             else rng.integers(150, 256, 3)))
         ink = tuple(int(v) for v in (rng.integers(180, 256, 3) if dark
                                      else rng.integers(0, 110, 3)))
-        size, x = int(rng.integers(16, 27)), int(rng.integers(2, 60))
+        size, x = int(rng.integers(20, 31)), int(rng.integers(2, 40))
     image = Image.new("RGB", (WIDTH, HEIGHT), background)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=size)
-    y = int(rng.integers(0, max(1, HEIGHT - size - 4)))
-    draw.text((x, y), " ".join(_word(rng) for _ in range(3)), font=font, fill=ink)
+    # a text detector's box: the line near the middle, filling most of the height
+    y = (HEIGHT - size) // 2 - 2 + int(rng.integers(-3, 4))
+    draw.text((x, y), _line_text(rng), font=font, fill=ink)
     if layout == "c":
         shear = float(rng.uniform(-0.3, 0.3))
         image = image.transform(image.size, Image.Transform.AFFINE,
@@ -59,11 +85,12 @@ def text_line(rng: np.random.Generator, layout: str) -> np.ndarray:
         image = Image.fromarray((np.asarray(image, np.float32) * shade).astype(np.uint8))
     if layout != "a" and rng.random() < 0.5:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.9))))
-    if rng.random() < 0.5:
+    upside_down = bool(rng.random() < 0.5)
+    if upside_down:
         image = image.rotate(180)
     array = np.asarray(image, dtype=np.float32)
     array += rng.normal(0.0, 4.0, array.shape)
-    return np.clip(array, 0, 255).astype(np.uint8)
+    return np.clip(array, 0, 255).astype(np.uint8), upside_down
 
 
 def write_lines(directory: str | Path, count: int, seed: int, layout: str) -> Path:
@@ -76,14 +103,46 @@ def write_lines(directory: str | Path, count: int, seed: int, layout: str) -> Pa
     return directory
 
 
+def teacher_accuracy(count: int = 300, seed: int = 7) -> str:
+    """How often PP-OCR's classifier itself reads each layout the right way up: the lines
+    must be in its domain for agreement with it to mean anything."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from rewriter.graph_io import load_model
+    from rewriter.samples import SHAPES, rapidocr_models
+    from rewriter.staged import collect
+    from rewriter.tables import table
+
+    model = load_model(rapidocr_models(("cls",))["cls"], SHAPES["cls"])
+    rows = []
+    for layout in "abc":
+        rng = np.random.default_rng([seed, ord(layout)])
+        lines = [labelled_line(rng, layout) for _ in range(count)]
+        x = np.stack([(a.astype(np.float32) / 255 - 0.5) / 0.5 for a, _ in lines])
+        x = x.transpose(0, 3, 1, 2)
+        name = model.graph.inputs[0].name
+        probs = next(iter(collect(model, [{name: x[i:i + 32]}
+                                          for i in range(0, count, 32)]).values()))
+        upside = np.array([flag for _, flag in lines])
+        rows.append([layout, f"{np.mean((probs.argmax(1) == 1) == upside):.3f}",
+                     f"{np.mean(probs.max(1) < 0.9):.3f}"])
+    return table(["layout", "accuracy", "share below 0.9 confidence"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="print how often PP-OCR's classifier reads each layout right")
+    parser.add_argument("out", nargs="?")
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=["a", "b", "c"], default="a")
     args = parser.parse_args()
-    print(write_lines(args.out, args.count, args.seed, args.layout))
+    if args.accuracy:
+        print(teacher_accuracy())
+    elif args.out:
+        print(write_lines(args.out, args.count, args.seed, args.layout))
+    else:
+        parser.error("give OUT_DIR, or --accuracy")
 
 
 if __name__ == "__main__":

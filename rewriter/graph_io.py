@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from rewriter.canonical import canonicalize
-from rewriter.static_shapes import fold_computed_shapes
+from rewriter.static_shapes import fold_computed_shapes, fold_zero_states
 from rewriter.changes import ArchitectureChanges
 from rewriter.errors import BadInputError, RewriterError, UnsupportedError
 
@@ -450,6 +450,10 @@ def model_from_proto(
     if static:
         notes.append(f"made {static} computed Reshape/Expand shape{'s' if static > 1 else ''}"
                      " constant at the fixed input dims (the batch stays symbolic)")
+    zero = fold_zero_states(graph, proto.ir_version, resolved)
+    if zero:
+        notes.append(f"folded {zero} term{'s' if zero > 1 else ''} of zero initial states "
+                     "(ConstantOfShape of 0) out of the Adds that read them")
     graph, declared = _with_inferred_shapes(graph, proto)
     try:
         big = _large_tensors(gs.export_onnx(graph, do_type_check=False))

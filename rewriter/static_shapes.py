@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from rewriter.graph_query import Namer, const_value
 
-__all__ = ["fold_computed_shapes"]
+__all__ = ["fold_computed_shapes", "fold_zero_states"]
 
 BATCHES = (1, 3)
 
@@ -124,3 +124,80 @@ def fold_computed_shapes(graph: gs.Graph, ir_version: int,
     if replaced:
         graph.cleanup(remove_unused_graph_inputs=False)
     return replaced
+
+
+def _zero_fill(node: gs.Node) -> bool:
+    """A ConstantOfShape that fills with 0 (its default)."""
+    value = node.attrs.get("value")
+    if value is None:
+        return True
+    fill = np.asarray(value.values if isinstance(value, gs.Constant) else value)
+    return fill.size == 1 and float(fill.reshape(-1)[0]) == 0.0
+
+
+def fold_zero_states(graph: gs.Graph, ir_version: int,
+                     inputs: Mapping[str, Sequence[int] | None]) -> int:
+    """Terms of an all-zero tensor made at run time (ConstantOfShape of 0: the zero
+    initial state of an RNN cell that torch unrolls into Gemm / Mul / Add, its shape
+    computed from the batch) are folded out of the Adds that read them, in place; the
+    number of Adds simplified:
+    - Add(Gemm(Z, W, C), Y) = Y + beta * C, since Z W = 0: the Gemm's output is replaced
+      by the constant beta * C in that Add;
+    - Add(Mul(Z, S), Y) = Y: the Add becomes an Identity of Y (which canonicalize then
+      removes). Exact for finite S (0 * inf is NaN), as where exporters write it: S a
+      Sigmoid or another gate.
+    Only where Y alone has the Add's output shape at batch 1 and 3 (run in onnxruntime),
+    so dropping the other term changes no broadcast. The chains that built Z die."""
+    zeros = {id(t) for n in graph.nodes if n.op == "ConstantOfShape" and _zero_fill(n)
+             for t in n.outputs}
+    if not zeros or any(inputs.get(t.name) is None for t in graph.inputs):
+        return 0
+    outputs = {id(t) for t in graph.outputs}
+    pairs: list[tuple[gs.Node, gs.Node, gs.Tensor, np.ndarray | None]] = []
+    for node in graph.nodes:
+        if len(node.outputs) != 1 or id(node.outputs[0]) in outputs:
+            continue
+        term = node.outputs[0]
+        if node.op == "Gemm" and node.inputs and id(node.inputs[0]) in zeros:
+            has_c = len(node.inputs) > 2 and node.inputs[2].name
+            c = const_value(node.inputs[2]) if has_c else np.zeros(1, np.float32)
+            if c is None:
+                continue
+            value = (float(node.attrs.get("beta", 1.0)) * c).astype(c.dtype)
+        elif node.op == "Mul" and any(id(t) in zeros for t in node.inputs):
+            value = None
+        else:
+            continue
+        for add in term.outputs:
+            if add.op == "Add" and len(add.inputs) == 2 and add.inputs[0] is not add.inputs[1]:
+                other = add.inputs[1] if add.inputs[0] is term else add.inputs[0]
+                pairs.append((node, add, other, value))
+    if not pairs:
+        return 0
+    names = sorted({t.name for _, add, other, _ in pairs for t in (other, add.outputs[0])
+                    if not isinstance(t, gs.Constant)})
+    try:
+        at = [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
+              for b in BATCHES]
+    except Exception:
+        return 0
+    namer = Namer(graph)
+    folded = 0
+    for node, add, other, value in pairs:
+        out = add.outputs[0]
+        if isinstance(other, gs.Constant) or any(
+                shapes.get(other.name) is None or shapes.get(other.name) != shapes.get(out.name)
+                for shapes in at):
+            continue
+        if value is not None and np.any(value != 0):
+            constant = gs.Constant(namer(f"{node.name or 'gemm'}.zero_state_bias"), value)
+            add.inputs.clear()
+            add.inputs.extend([other, constant])
+        else:  # an Identity, which the canonical form then removes (renaming outputs)
+            add.op = "Identity"
+            add.inputs.clear()
+            add.inputs.append(other)
+        folded += 1
+    if folded:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    return folded

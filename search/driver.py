@@ -7,9 +7,10 @@
    the estimated latency, so each rewrite kept has a positive gain.
 4. With architecture changes allowed, hold the candidate to the fidelity floor after
    recovery (`_RecoveryStage`): fidelity cannot be simulated, so changes are ranked on
-   built, refitted models (`_FidelityGuard`, on the val sources), the few candidates that
-   matter are recovered (distillation or refit) and judged on eval sources never used for
-   fitting, one standard error down; none holds: exact rewrites only.
+   built, refitted models (`_FidelityGuard`, on the val sources), then added in chunks
+   onto the model recovered so far (distillation or refit), each stage judged on eval
+   sources never used for fitting, one standard error down; none holds: exact rewrites
+   only.
 5. Build it with the real passes, verify the exact rewrites in onnxruntime (against the
    original, or against the recovered architecture when it changed), and estimate the
    built model for the report.
@@ -19,7 +20,6 @@ No feasible candidate is a `BudgetError` (exit code 3) naming the binding constr
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -202,13 +202,16 @@ class _Evaluator:
             self.bar.close()
 
 
-def _prune(evaluator: _Evaluator, genome: Genome) -> Genome:
-    """Drop rewrites whose removal does not raise the estimated latency."""
+def _prune(evaluator: _Evaluator, genome: Genome, exact_only: bool = False) -> Genome:
+    """Drop rewrites (exact ones only, if asked) whose removal does not raise the
+    estimated latency."""
     changed = True
     while changed:
         changed = False
         current = evaluator.score(genome)
         for index in evaluator.space.active(genome):
+            if exact_only and not evaluator.space.genes[index].exact:
+                continue
             trial = genome[:index] + (0,) + genome[index + 1:]
             score = evaluator(trial)
             if score is not None and score.latency_ms <= current.latency_ms + 1e-12:
@@ -348,12 +351,19 @@ class _RecoveryStage:
     1. rank cheaply: the guard refits each change alone and measures it on the val
        sources; changes that pass a loose proxy floor (distillation recovers much of what
        a refit loses) are ranked by latency gain per unit of fidelity lost;
-    2. recover prefixes of that ranking, longest (fastest) first, then by binary search
-       over the prefix length (about log2(n) + 1 recoveries sharing the budget), and keep
-       the longest whose fidelity on the eval sources (never fitted, trained or used for
-       early stopping), one standard error down, meets the floor;
-    3. none does: keep the exact rewrites only, and say why (too few held-out samples to
-       support the floor at all, or the changes lose too much).
+    2. add the ranked changes progressively, onto the model recovered so far (as
+       iterative pruning schedules do): each stage applies the next chunk of changes to
+       the last model kept, refits only the new weights, distills for a share of the
+       budget (about 1/STAGES) and keeps the result when its fidelity on the eval
+       sources (never fitted, trained or used for early stopping), one standard error
+       down, meets the floor. A kept stage doubles the next chunk, a failed one halves it
+       and starts again from the last model kept; a single change that fails is skipped,
+       two in a row end the search. The first chunk is a quarter of the ranking. So every
+       second of training goes into the model that is returned: the changes kept early
+       are trained in every later stage, where a search over prefixes from scratch would
+       train each candidate only once for a fraction of the budget.
+    3. none is kept: keep the exact rewrites only, and say why (too few held-out samples
+       to support the floor at all, or the changes lose too much).
     With refit only, the guard's choice at the floor is the one candidate.
     """
 
@@ -376,53 +386,49 @@ class _RecoveryStage:
         self.guard = _FidelityGuard(space, evaluator, self.data.fit.batches(BATCH),
                                     screen.batches(BATCH), floor, metric)
         self.reference: dict[str, np.ndarray] = {}
-        self.tried: dict[int, tuple[bool, str]] = {}  # prefix length -> (kept, summary)
+        self.tried: list[tuple[bool, str]] = []  # (kept, summary) per recovery
         self.kept: tuple[Genome, Model, Fidelity] | None = None
         self.start = 0.0
 
     def _complete(self, genome: Genome) -> Genome:
         """The exact rewrites worth having once the architecture changes are fixed."""
         exact_genes = [i for i, gene in enumerate(self.space.genes) if gene.exact]
+        # the architecture changes are built (and recovered) already: only exact ones go
         return _prune(self.evaluator, climb(self.evaluator, genome, exact_genes,
-                                            margin=1e-12))
+                                            margin=1e-12), exact_only=True)
 
-    def _budget(self, attempts_left: int) -> RecoveryBudget:
-        if self.budget.seconds is None:
-            return self.budget.split(attempts_left)
-        spent = time.perf_counter() - self.start
-        return RecoveryBudget(max(1.0, (self.budget.seconds - spent) / max(attempts_left, 1)))
-
-    def attempt(self, candidate: Genome, attempts_left: int) -> bool:
-        """Recover `candidate`; keep it if it holds the floor on eval (and is faster than
-        what is kept)."""
+    def attempt(self, candidate: Genome, student: Model, budget: RecoveryBudget
+                ) -> Model | None:
+        """Recover `student` (`candidate`'s architecture changes, built); keep it if it
+        holds the floor on eval and is faster than what is kept. The recovered model, or
+        None when it misses the floor."""
         canonical = self.space.canonical
-        refitted = self.guard.model(candidate)
-        before = evaluate(canonical, refitted, self.data, self.reference)
-        model, _, _ = train(canonical, refitted, self.data, self.method,
-                            self._budget(attempts_left), self.seed, self.progress)
+        fitted = student
+        if student.changes.refit:
+            from rewriter.reconstruct import refit
+
+            fitted = refit(canonical, student, self.data.fit.batches(BATCH))
+        before = evaluate(canonical, fitted, self.data, self.reference)
+        model, _, _ = train(canonical, fitted, self.data, self.method, budget, self.seed,
+                            self.progress)
         after = (dataclasses.replace(before) if self.method == "refit"
                  else evaluate(canonical, model, self.data, self.reference))
         after.before_recovery = before
         genes = self.space.architecture_genes(candidate)
-        label = ", ".join(f"{self.space.genes[i].pass_name}@{self.space.genes[i].site}"
-                          for i in genes)
         ok = meets(after, self.floor, self.metric)
-        self.tried[len(genes)] = (ok, f"{len(genes)} changes: {after.value(self.metric):.4f}"
-                                      f" (bound {lower_bound(after, self.metric):.4f}, "
-                                      f"{before.value(self.metric):.4f} before recovery)")
-        if ok and (self.kept is None or self.evaluator.score(candidate).latency_ms
-                   < self.evaluator.score(self.kept[0]).latency_ms):
-            model.metadata[METADATA_KEY] = label_recovered(
-                model.changes.label() if model.changes.passes else label, self.method,
-                after, self.metric)
-            self.kept = (candidate, model, after)
-        return ok
-
-    def _prefix(self, genome: Genome, order: list[int], length: int) -> Genome | None:
-        candidate = self.guard._with(self.space.exact_part(genome), order[:length])
-        if self.evaluator(candidate) is None:
+        self.tried.append((ok, f"{self._label(genes)}: {after.value(self.metric):.4f} "
+                               f"(bound {lower_bound(after, self.metric):.4f}, "
+                               f"{before.value(self.metric):.4f} before recovery, "
+                               f"{'kept' if ok else 'missed'})"))
+        if not ok:
             return None
-        return self._complete(candidate)
+        if self.kept is None or (self.evaluator.score(candidate).latency_ms
+                                 < self.evaluator.score(self.kept[0]).latency_ms):
+            model.metadata[METADATA_KEY] = label_recovered(
+                model.changes.label() if model.changes.passes else self._label(genes),
+                self.method, after, self.metric)
+            self.kept = (candidate, model, after)
+        return model
 
     def run(self, genome: Genome) -> tuple[Genome, Model | None, Fidelity | None]:
         canonical = self.space.canonical
@@ -435,7 +441,8 @@ class _RecoveryStage:
                     self.notes.append(f"architecture changes cut back to hold fidelity >= "
                                       f"{self.floor} on the screening data")
                 if self.space.architecture_genes(chosen) and self.evaluator(chosen):
-                    self.attempt(self._complete(chosen), 1)
+                    self.attempt(self._complete(chosen), self.guard.model(chosen),
+                                 self.budget)
             else:
                 self._search(genome)
         self.notes.append(f"fidelity screened on {len(self.guard.cache)} refitted "
@@ -447,6 +454,9 @@ class _RecoveryStage:
                 f"kept {len(self.space.architecture_genes(candidate))} architecture changes: "
                 f"{chosen_metric} fidelity {after.value(self.metric):.4f} (>= {self.floor} "
                 f"one standard error down) on {after.samples} held-out samples")
+            if len(self.tried) > 1:
+                self.notes.append("recovered in stages: " + "; ".join(
+                    summary for _, summary in self.tried))
             uncertain = uncertainty_warning(after, self.metric)
             if uncertain:
                 self.warnings.append(uncertain)
@@ -461,33 +471,62 @@ class _RecoveryStage:
                     f"{metric} fidelity one standard error down to at most "
                     f"{supportable_floor(samples, metric):.3f} < {self.floor}; give more "
                     "calibration data or --eval-data; kept exact rewrites only")
-            tried = "; ".join(summary for _, (_, summary) in sorted(self.tried.items()))
+            tried = "; ".join(summary for _, summary in self.tried)
             self.notes.append(f"no architecture change met {metric} fidelity >= "
                               f"{self.floor} after recovery ({tried}): exact rewrites only")
         return exact, None, None
 
+    STAGES = 5  # recoveries the budget is planned for (more when they end early)
+
     def _search(self, genome: Genome) -> None:
-        """Binary search over prefixes of the guard's ranking at the proxy floor."""
+        """Add the ranked changes in growing chunks onto the last recovered model."""
         self.guard.floor = max(0.0, self.floor - self.PROXY_SLACK * (1.0 - self.floor))
         order = self.guard.ranking(genome)
         self.guard.floor = self.floor
-        lo, hi = 0, len(order)
-        first = True
-        while lo < hi:
-            mid = hi if first else (lo + hi + 1) // 2
-            left = 1 + math.ceil(math.log2(max(hi - lo, 1))) if first else max(
-                1, math.ceil(math.log2(max(hi - lo, 1))))
-            first = False
-            candidate = self._prefix(genome, order, mid)
-            if candidate is not None and self.attempt(candidate, left):
-                lo = mid
-            else:
-                hi = mid - 1
-            if self.budget.seconds is not None and (
-                    time.perf_counter() - self.start >= self.budget.seconds):
-                self.notes.append("recovery budget spent before the search over "
-                                  "prefixes ended")
+        if not order:
+            return
+        base = self.space.exact_part(genome)
+        accepted: list[int] = []
+        current = self.space.canonical  # the last model kept: weights recovered so far
+        position, chunk, failures = 0, max(1, len(order) // 4), 0
+        while position < len(order) and chunk > 0:
+            spent = time.perf_counter() - self.start
+            left = (self.budget.seconds - spent) if self.budget.seconds is not None else None
+            if left is not None and left < 0.25 * self.budget.seconds / self.STAGES:
+                self.notes.append("recovery budget spent before every ranked change was "
+                                  "tried")
                 break
+            step = order[position:position + chunk]
+            candidate = self.guard._with(base, accepted + step)
+            if self.evaluator(candidate) is None:  # over a memory budget: try fewer
+                chunk //= 2
+                continue
+            budget = (self.budget.split(self.STAGES) if left is None else RecoveryBudget(
+                max(1.0, min(left, self.budget.seconds / self.STAGES))))
+            try:
+                model = self.space._apply(current, set(step), exact=False)
+            except Exception as exc:  # a site the earlier changes made invalid
+                self.notes.append(f"could not add {self._label(step)} to the recovered "
+                                  f"model: {str(exc).splitlines()[0] if str(exc) else exc}")
+                position += len(step)
+                continue
+            kept = self.attempt(self._complete(candidate), model, budget)
+            if kept is not None:
+                accepted += step
+                current = kept
+                position += len(step)
+                chunk, failures = chunk * 2, 0
+            elif chunk > 1:
+                chunk //= 2
+            else:  # this change does not recover on top of the others: skip it
+                position += 1
+                failures += 1
+                if failures >= 2:
+                    break
+
+    def _label(self, genes: Sequence[int]) -> str:
+        return ", ".join(f"{self.space.genes[i].pass_name}@{self.space.genes[i].site}"
+                         for i in genes)
 
 
 def _classifier(outputs: Mapping[str, np.ndarray]) -> bool:

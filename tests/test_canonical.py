@@ -619,3 +619,59 @@ def test_zero_initial_state_of_a_recurrent_node_is_dropped(op):
         want = run_model(proto, {"x": x}, optimize=False)["y"]
         np.testing.assert_allclose(run_model(exported, {"x": x}, optimize=False)["y"], want,
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_zero_state_terms_of_an_unrolled_cell_fold_away():
+    """torch's unrolled RNN cell: h0 = zeros(batch, H) from the batch size, Gemm(h0, R, b)
+    added to the input gates, and c0 * gate added to the new cell state. Both terms fold
+    (b alone stays), the batch stays symbolic, and so does the function."""
+    k, h = 6, 4
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "hid"], ["state_shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["state_shape"], ["h0"],
+                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("Gemm", ["x", "W", "bw"], ["xg"], transB=1),
+             helper.make_node("Gemm", ["h0", "R", "br"], ["hg"], transB=1),
+             helper.make_node("Add", ["hg", "xg"], ["gates"]),
+             helper.make_node("Sigmoid", ["gates"], ["f"]),
+             helper.make_node("Mul", ["f", "h0"], ["kept"]),
+             helper.make_node("Tanh", ["gates"], ["new"]),
+             helper.make_node("Add", ["kept", "new"], ["y"])]
+    inits = [_init("W", _w(h, k)), _init("bw", _w(h)), _init("R", _w(h, h)),
+             _init("br", _w(h) + 1.0), _init("zero", np.array(0, np.int64)),
+             _init("axes", np.array([0], np.int64)), _init("hid", np.array([h], np.int64))]
+    proto = _graph_model(nodes, inits,
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         opset=13)
+    model = model_from_proto(proto)
+    ops = _ops(model)
+    assert "ConstantOfShape" not in ops and "Shape" not in ops and "Mul" not in ops, ops
+    assert ops.count("Gemm") == 1
+    assert any("zero initial states" in n for n in model.canonical_notes)
+    _same_at_batches(proto, model)
+
+
+def test_a_zero_term_that_sets_the_broadcast_shape_stays():
+    """Add(Mul(g, h0), y) with y of shape [1, H] and h0 [batch, H]: the zeros decide the
+    output's batch, so the term stays."""
+    h = 4
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "hid"], ["state_shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["state_shape"], ["h0"]),
+             helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+             helper.make_node("Mul", ["m", "h0"], ["kept"]),
+             helper.make_node("Add", ["kept", "m"], ["y"])]
+    inits = [_init("zero", np.array(0, np.int64)), _init("axes", np.array([0], np.int64)),
+             _init("hid", np.array([h], np.int64))]
+    proto = _graph_model(nodes, inits,
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", h])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                         opset=13)
+    model = model_from_proto(proto)
+    assert "ConstantOfShape" in _ops(model)
+    _same_at_batches(proto, model)

@@ -173,3 +173,26 @@ def test_cli_validate_with_zigzag(tmp_path, capsys):
     assert any("ZigZag edge_tpu_like" in note for note in data["notes"])
     assert main(["optimize", str(path), "--target", "npu-p32", "-o", str(out),
                  "--validate-with", "zigzag"]) == 2
+
+
+def test_changes_are_added_in_doubling_chunks_onto_the_recovered_model():
+    """At floor 0 every stage holds, so the search adds the ranked changes in chunks of a
+    quarter of them, then twice, four times as many..., each onto the model recovered so
+    far: all of them end up in the written model, after ceil-log stages, not one
+    recovery per change."""
+    pytest.importorskip("torch")
+    model = load(zoo.build("mobilenetv2", width=0.5, resolution=64))
+    fit, _ = calibration_batches(model, None, count=24, batch=4, seed=5)
+    result = optimize(model, "tpu-zz", exact=False, calibration=fit, min_fidelity=0.0,
+                      passes=["fuse-ibn"], recover="distill", recover_budget="10steps",
+                      fidelity_metric="cosine")
+    changed = [d for d in result.decisions if not d.exact]
+    n = len(changed)
+    assert n >= 4 and result.fidelity is not None
+    chunk, covered, stages = max(1, n // 4), 0, 0
+    while covered < n:
+        covered, chunk, stages = covered + chunk, chunk * 2, stages + 1
+    assert any(note.endswith(f"; {stages} recovered by distill") for note in result.notes), \
+        result.notes
+    label = result.model.metadata["rewriter.architecture_changed"]
+    assert all(f"fuse-ibn@{d.site}" in label for d in changed)
