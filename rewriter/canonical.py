@@ -42,9 +42,9 @@ function as the graph it replaces (up to float rounding where weights are rescal
 
 4. MatMul(A, B) + C becomes Gemm(A, B, C) (one kernel instead of two) when B is a
    constant [K, M], C a constant of shape [M] or [1, M] and only the Add reads the
-   product. A known to be 2-D: Gemm directly. A of shape [B, T..., K] with every dim but
-   the batch known: Reshape to [-1, K], Gemm, Reshape to [-1, T..., M]; the batch stays
-   symbolic.
+   product. A known to be 2-D: Gemm directly. A of shape [D..., K] with every dim but
+   the batch known (wherever it is: time-major RNN outputs are [T, B, K]): Reshape to
+   [-1, K], Gemm, Reshape to [D..., M] with -1 for the batch, which stays symbolic.
 
 5. The initial state of an LSTM / GRU / RNN built as ConstantOfShape of 0 (torch exports
    h0 = zeros(1, batch, hidden) that way, computing the batch at run time) is dropped: an
@@ -411,7 +411,7 @@ def _matmul_add_to_gemm(graph: gs.Graph, namer: Callable[[str], str]) -> int:
                         np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (m,))))
         out = add.outputs[0]
         base = matmul.name or "gemm"
-        if rows:  # [B, T..., K]: Gemm on [B * T..., K], then back to [B, T..., M]
+        if rows:  # [D..., K]: Gemm on [prod(D), K], then back to [D..., M]
             flat = gs.Variable(namer(f"{base}.rows"), dtype=a.dtype)
             product = gs.Variable(namer(f"{base}.gemm"), dtype=a.dtype)
             graph.nodes.append(gs.Node("Reshape", namer(f"{base}_rows"), inputs=[
@@ -422,7 +422,7 @@ def _matmul_add_to_gemm(graph: gs.Graph, namer: Callable[[str], str]) -> int:
                                        outputs=[product]))
             graph.nodes.append(gs.Node("Reshape", namer(f"{base}_unrows"), inputs=[
                 product, gs.Constant(namer(f"{base}.unrows_shape"),
-                                     np.asarray([-1, *rows, m], np.int64))],
+                                     np.asarray([*rows, m], np.int64))],
                 outputs=[out]))
         else:
             graph.nodes.append(gs.Node("Gemm", namer(f"{base}_gemm"), inputs=[a, b, c],
@@ -434,16 +434,23 @@ def _matmul_add_to_gemm(graph: gs.Graph, namer: Callable[[str], str]) -> int:
 
 
 def _rows_shape(a: gs.Tensor) -> list[int] | None:
-    """[] when `a` is known 2-D; its static middle dims when it is [B, T..., K] with every
-    dim but the first known (the Gemm then runs on rows, reshaped); None otherwise."""
+    """[] when `a` is known to be 2-D; for [D1, ..., K] with K and all leading dims but
+    at most one known (the batch, wherever it is), the leading dims with -1 for the
+    unknown one (the first if all are known); None otherwise."""
     if a.shape is None or len(a.shape) < 2:
         return None
     if len(a.shape) == 2:
         return []
-    middle = list(a.shape[1:-1])
-    if not all(isinstance(d, (int, np.integer)) and d > 0 for d in middle + [a.shape[-1]]):
+    def known(d: object) -> bool:
+        return isinstance(d, (int, np.integer)) and int(d) > 0
+
+    leading = list(a.shape[:-1])
+    if not known(a.shape[-1]) or sum(not known(d) for d in leading) > 1:
         return None
-    return [int(d) for d in middle]
+    dims = [int(d) if known(d) else -1 for d in leading]
+    if -1 not in dims:
+        dims[0] = -1
+    return dims
 
 
 # -- 5. zero initial states of recurrent nodes -----------------------------------------------

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from rewriter.canonical import canonicalize
-from rewriter.static_shapes import fold_computed_shapes, fold_zero_states
+from rewriter.static_shapes import fold_computed_shapes, fold_zero_states, shapes_at_run_time
 from rewriter.changes import ArchitectureChanges
 from rewriter.errors import BadInputError, RewriterError, UnsupportedError
 
@@ -450,11 +450,8 @@ def model_from_proto(
     if static:
         notes.append(f"made {static} computed Reshape/Expand shape{'s' if static > 1 else ''}"
                      " constant at the fixed input dims (the batch stays symbolic)")
-    zero = fold_zero_states(graph, proto.ir_version, resolved)
-    if zero:
-        notes.append(f"folded {zero} term{'s' if zero > 1 else ''} of zero initial states "
-                     "(ConstantOfShape of 0) out of the Adds that read them")
     graph, declared = _with_inferred_shapes(graph, proto)
+    _fill_matmul_shapes(graph, proto.ir_version, resolved)
     try:
         big = _large_tensors(gs.export_onnx(graph, do_type_check=False))
         graph.fold_constants(error_ok=True, size_threshold=FOLD_SIZE_LIMIT,
@@ -464,6 +461,11 @@ def model_from_proto(
     # Folding leaves dead constant subgraphs; drop them so that canonicalize sees only the
     # readers that remain.
     graph.cleanup(remove_unused_graph_inputs=False)
+    # after folding, so that a bias an exporter wrote as Identity(initializer) is constant
+    zero = fold_zero_states(graph, proto.ir_version, resolved)
+    if zero:
+        notes.append(f"folded {zero} term{'s' if zero > 1 else ''} of zero initial states "
+                     "(ConstantOfShape of 0) out of the Adds that read them")
     folded = before - len(graph.nodes)
     if folded > 0 and any(n.op_type in ("Shape", "Size") for n in proto.graph.node):
         notes.append(f"folded {folded} node{'s' if folded > 1 else ''} of constant and "
@@ -519,6 +521,21 @@ def _with_inferred_shapes(graph: gs.Graph, proto: onnx.ModelProto
     if [t.name for t in again.inputs] != [t.name for t in graph.inputs]:
         return graph, declared
     return again, declared
+
+
+def _fill_matmul_shapes(graph: gs.Graph, ir_version: int,
+                        inputs: Mapping[str, object]) -> None:
+    """Shapes of the data inputs of MatMuls by a constant that inference left unknown, as
+    the graph runs (canonical's MatMul + Add -> Gemm needs their rank)."""
+    wanted = [n.inputs[0] for n in graph.nodes
+              if n.op == "MatMul" and len(n.inputs) == 2 and n.inputs[0].shape is None
+              and isinstance(n.inputs[1], gs.Constant)
+              and any(c.op == "Add" for c in n.outputs[0].outputs)]
+    found = shapes_at_run_time(graph, ir_version, inputs,  # type: ignore[arg-type]
+                               sorted({t.name for t in wanted}))
+    for tensor in wanted:
+        if tensor.name in found:
+            tensor.shape = found[tensor.name]
 
 
 def _forget_inferred_shapes(graph: gs.Graph, declared: Mapping[str, object]) -> None:

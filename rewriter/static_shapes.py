@@ -1,4 +1,5 @@
-"""Shape computations made constant at the fixed input dims, a symbolic batch kept.
+"""Shape computations made constant at the fixed input dims, a symbolic batch kept (and
+the zero initial states built from the batch folded away: `fold_zero_states`).
 
 Exporters compute the shape arguments of Reshape and Expand at run time (Shape -> Gather
 -> Unsqueeze -> Concat chains, with Cast, Slice and arithmetic in between), so one file
@@ -32,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from rewriter.graph_query import Namer, const_value
 
-__all__ = ["fold_computed_shapes", "fold_zero_states"]
+__all__ = ["fold_computed_shapes", "fold_zero_states", "shapes_at_run_time"]
 
 BATCHES = (1, 3)
 
@@ -201,3 +202,27 @@ def fold_zero_states(graph: gs.Graph, ir_version: int,
     if folded:
         graph.cleanup(remove_unused_graph_inputs=False)
     return folded
+
+
+def shapes_at_run_time(graph: gs.Graph, ir_version: int,
+                       inputs: Mapping[str, Sequence[int] | None],
+                       names: Sequence[str]) -> dict[str, list[int | str]]:
+    """The shapes of tensors `names` as the graph runs at batch 1 and 3: a dim that differs
+    is the batch ("N"), and a tensor whose other dims differ is left out. Empty when the
+    inputs' dims are not all known or the graph does not run."""
+    if not names or any(inputs.get(t.name) is None for t in graph.inputs):
+        return {}
+    try:
+        at = [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
+              for b in BATCHES]
+    except Exception:
+        return {}
+    shapes: dict[str, list[int | str]] = {}
+    for name in names:
+        one, three = at[0].get(name), at[1].get(name)
+        if one is None or three is None or len(one) != len(three):
+            continue
+        dims: list[int | str] = [a if a == b else "N" for a, b in zip(one, three)]
+        if all(isinstance(d, int) for d in dims[1:]):
+            shapes[name] = dims
+    return shapes

@@ -523,19 +523,22 @@ def test_grouped_conv_transpose_is_not_scaled_per_channel():
     _assert_same_function(proto, model)
 
 
-@pytest.mark.parametrize("rank", [2, 3])
-def test_matmul_plus_bias_becomes_gemm(rank):
-    """2-D: one Gemm. [N, T, K]: Gemm over the N*T rows between two Reshapes, the batch
-    still symbolic."""
+@pytest.mark.parametrize("rank, time_major", [(2, False), (3, False), (3, True)])
+def test_matmul_plus_bias_becomes_gemm(rank, time_major):
+    """2-D: one Gemm. [N, T, K] (or time-major [T, N, K], as RNN outputs are): Gemm over
+    the rows between two Reshapes, the batch still symbolic."""
     k, m = 6, 5
     shape = ["N", k] if rank == 2 else ["N", 7, k]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+    nodes = [helper.make_node("MatMul", ["t" if time_major else "x", "w"], ["p"]),
              helper.make_node("Add", ["b", "p"], ["y"])]
+    if time_major:
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]))
     proto = _graph_model(nodes, [_init("w", _w(k, m)), _init("b", _w(m))],
                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = model_from_proto(proto)
-    assert _ops(model) == (["Gemm"] if rank == 2 else ["Reshape", "Gemm", "Reshape"])
+    assert _ops(model) == (["Gemm"] if rank == 2 else ["Transpose"] * time_major
+                           + ["Reshape", "Gemm", "Reshape"])
     assert any("into Gemm" in n for n in model.canonical_notes)
     _same_at_batches(proto, model)
 
