@@ -13,7 +13,6 @@ turned 180 degrees so that both classes occur. Glyphs come from Pillow's bundled
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +105,6 @@ def write_lines(directory: str | Path, count: int, seed: int, layout: str) -> Pa
 def teacher_accuracy(count: int = 300, seed: int = 7) -> str:
     """How often PP-OCR's classifier itself reads each layout the right way up: the lines
     must be in its domain for agreement with it to mean anything."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from rewriter.graph_io import load_model
     from rewriter.samples import SHAPES, rapidocr_models
     from rewriter.staged import collect

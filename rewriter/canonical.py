@@ -67,7 +67,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.graph_query import Namer, const_value, is_empty_input
+from rewriter.graph_query import Namer, const_value, fills_zeros, is_empty_input
 
 
 def canonicalize(graph: gs.Graph) -> list[str]:
@@ -98,8 +98,6 @@ def canonicalize(graph: gs.Graph) -> list[str]:
         notes.append(f"left {count} Pad node{'s' if count > 1 else ''} ({reason})")
     graph.nodes = [n for n in graph.nodes if n.outputs or n.inputs]
     return notes
-
-
 
 
 def _detach(node: gs.Node) -> None:
@@ -379,10 +377,8 @@ def _fold_pads(graph: gs.Graph) -> tuple[Counter, Counter]:
 
 # -- 4. MatMul + Add of a bias into Gemm -----------------------------------------------------
 def _matmul_add_to_gemm(graph: gs.Graph, namer: Callable[[str], str]) -> int:
-    """MatMul(A, B) + C -> Gemm(A, B, C) when A is known to be 2-D, B is a constant [K, M],
-    C a constant broadcasting as [M] or [1, M], and only the Add reads the product: the
-    same sum (Gemm computes A B + C with C broadcast unidirectionally to [N, M]); one
-    kernel instead of two."""
+    """MatMul(A, B) + C -> Gemm(A, B, C), between Reshapes to rows and back when A has
+    more than 2 dims (rule 4 of the module docstring); the number fused."""
     fused = 0
     for matmul in list(graph.nodes):
         if matmul.op != "MatMul" or len(matmul.inputs) != 2 or len(matmul.outputs) != 1:
@@ -407,10 +403,10 @@ def _matmul_add_to_gemm(graph: gs.Graph, namer: Callable[[str], str]) -> int:
                 or (bias.ndim == 2 and bias.shape[0] != 1)
                 or (bias.ndim >= 1 and bias.shape[-1] not in (1, m))):
             continue
-        c = gs.Constant(namer(f"{matmul.name or 'gemm'}.bias_canonical"),
+        base = matmul.name or "gemm"
+        c = gs.Constant(namer(f"{base}.bias_canonical"),
                         np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (m,))))
         out = add.outputs[0]
-        base = matmul.name or "gemm"
         if rows:  # [D..., K]: Gemm on [prod(D), K], then back to [D..., M]
             flat = gs.Variable(namer(f"{base}.rows"), dtype=a.dtype)
             product = gs.Variable(namer(f"{base}.gemm"), dtype=a.dtype)
@@ -441,6 +437,7 @@ def _rows_shape(a: gs.Tensor) -> list[int] | None:
         return None
     if len(a.shape) == 2:
         return []
+
     def known(d: object) -> bool:
         return isinstance(d, (int, np.integer)) and int(d) > 0
 
@@ -466,12 +463,7 @@ def _drop_zero_states(graph: gs.Graph) -> int:
                 continue
             state = node.inputs[index]
             maker = state.inputs[0] if isinstance(state, gs.Variable) and state.inputs else None
-            if maker is None or maker.op != "ConstantOfShape" or _is_graph_output(graph, state):
-                continue
-            value = maker.attrs.get("value")
-            fill = np.asarray(value.values if isinstance(value, gs.Constant) else
-                              (value if value is not None else 0.0))
-            if fill.size != 1 or float(fill.reshape(-1)[0]) != 0.0:
+            if maker is None or not fills_zeros(maker) or _is_graph_output(graph, state):
                 continue
             node.inputs[index] = gs.Variable.empty()
             dropped += 1

@@ -24,8 +24,8 @@ Loss, per graph output (the mean over outputs, each made scale-free so none domi
 Augmentation (fitting inputs only; NCHW inputs at least 8x8): random resized crop (area
 0.35..1 of the image, aspect 3/4..4/3 of the input's, resized back with bilinear sampling),
 horizontal flip, light brightness/contrast jitter, and mixup of two inputs (HEAVY); from
-PLENTIFUL fitting inputs on, crops of 0.8..1 of the area with no flip and no mixup (LIGHT). The teacher
-labels every augmented input itself, so the augmented inputs need no labels; what they buy
+PLENTIFUL fitting inputs on, crops of 0.8..1 of the area with no flip and no mixup
+(LIGHT). The teacher labels every augmented input itself, so the augmented inputs need no labels; what they buy
 is more distinct points of the input distribution than the few calibration images give, so
 the student matches the teacher's function near the data and not only at the samples.
 Many inputs cover the data's distribution themselves: then far-fetched inputs (mirrored
@@ -93,6 +93,7 @@ UNCROPPED = 0.2  # share of samples left at full view (the deployment distributi
 CONTRAST = 0.2  # contrast factor in 1 +- this
 BRIGHTNESS = 0.1  # brightness shift in +- this times the inputs' standard deviation
 MIXUP_ALPHA = 0.4  # Beta(alpha, alpha) mixing weights: mostly light mixes
+MISSING_TORCH = "distillation needs PyTorch: pip install 'rewriter[train]'"
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,6 @@ PLENTIFUL = 500  # fitting inputs from which LIGHT is the default
 
 def default_augmentation(count: int) -> Augmentation:
     return LIGHT if count >= PLENTIFUL else HEAVY
-MISSING_TORCH = "distillation needs PyTorch: pip install 'rewriter[train]'"
 
 
 class HistoryEntry(NamedTuple):
@@ -250,31 +250,16 @@ def _fidelity(kinds: Mapping[str, _OutputKind], student: Mapping[str, np.ndarray
     return cosine, cosine
 
 
-def _held_loss(kinds: Mapping[str, _OutputKind], student: Mapping[str, np.ndarray],
-               teacher: Mapping[str, np.ndarray], temperature: float) -> float:
-    """The output part of the training loss (`_loss`), on held-out outputs, in numpy: what
-    early stopping follows. Top-1 agreement on a few hundred inputs moves in steps of
-    1/n and by chance; this loss is smooth, and falls as long as the student comes closer
-    to the teacher everywhere, near the decision boundaries included."""
-    total = 0.0
-    for name, kind in kinds.items():
-        s = np.asarray(student[name], np.float64)
-        t = np.asarray(teacher[name], np.float64)
-        if kind.kind == "logits":
-            def log_softmax(z: np.ndarray) -> np.ndarray:
-                z = z / temperature
-                z = z - z.max(axis=-1, keepdims=True)
-                return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-            log_s, log_t = log_softmax(s), log_softmax(t)
-            term = float((np.exp(log_t) * (log_t - log_s)).sum(-1).mean()) * temperature ** 2
-        elif kind.kind == "probs":
-            log_s, log_t = np.log(np.clip(s, 1e-8, None)), np.log(np.clip(t, 1e-8, None))
-            term = float((t * (log_t - log_s)).sum(-1).mean())
-        else:
-            term = float(((s - t) ** 2).mean()) / kind.variance
-        total += term
-    return total / max(len(kinds), 1)
+def _held_loss(torch: Any, kinds: Mapping[str, _OutputKind],
+               student: Mapping[str, np.ndarray], teacher: Mapping[str, np.ndarray],
+               temperature: float) -> float:
+    """The output part of the training loss (`_loss`) on held-out outputs: what early
+    stopping follows. Top-1 agreement on a few hundred inputs moves in steps of 1/n and
+    by chance; this loss is smooth, and falls as long as the student comes closer to the
+    teacher everywhere, near the decision boundaries included."""
+    with torch.no_grad():
+        return float(_loss(torch, kinds, {k: torch.as_tensor(v) for k, v in student.items()},
+                           {k: torch.as_tensor(v) for k, v in teacher.items()}, temperature))
 
 
 # -- augmentation ---------------------------------------------------------------------
@@ -445,7 +430,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
             student_net.eval()
             outputs = _run(torch, student_net, score_inputs, device)
             result = (*_fidelity(kinds, outputs, score_reference),
-                      _held_loss(kinds, outputs, score_reference, temperature))
+                      _held_loss(torch, kinds, outputs, score_reference, temperature))
             student_net.train()
             return result
 

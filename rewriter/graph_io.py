@@ -450,10 +450,11 @@ def model_from_proto(
     if static:
         notes.append(f"made {static} computed Reshape/Expand shape{'s' if static > 1 else ''}"
                      " constant at the fixed input dims (the batch stays symbolic)")
-    graph, declared = _with_inferred_shapes(graph, proto)
+    graph, declared, inferred = _with_inferred_shapes(graph, proto)
     _fill_matmul_shapes(graph, proto.ir_version, resolved)
     try:
-        big = _large_tensors(gs.export_onnx(graph, do_type_check=False))
+        big = (_large_tensors(inferred, inferred=True) if inferred is not None
+               else _large_tensors(gs.export_onnx(graph, do_type_check=False)))
         graph.fold_constants(error_ok=True, size_threshold=FOLD_SIZE_LIMIT,
                              should_exclude_node=lambda n: any(t.name in big for t in n.outputs))
     except Exception:  # folding is an optimisation; an unfoldable graph still loads
@@ -503,11 +504,12 @@ _EXPANDING_OPS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsam
 
 
 def _with_inferred_shapes(graph: gs.Graph, proto: onnx.ModelProto
-                          ) -> tuple[gs.Graph, dict[str, object]]:
+                          ) -> tuple[gs.Graph, dict[str, object], onnx.ModelProto | None]:
     """`graph` re-imported with every tensor's shape as onnx infers it (with data
     propagation, at the fixed input dims), for constant folding to fold shape computations
-    and canonical rules to see ranks; and the shapes the file itself declared (name ->
-    shape), to restore afterwards. The graph as it was when inference fails."""
+    and canonical rules to see ranks; the shapes the file itself declared (name -> shape),
+    to restore afterwards; and the inferred proto (for `_large_tensors`). The graph as it
+    was, and no proto, when inference fails."""
     declared = {name: t.shape for name, t in graph.tensors().items()
                 if isinstance(t, gs.Variable)}
     try:
@@ -517,10 +519,10 @@ def _with_inferred_shapes(graph: gs.Graph, proto: onnx.ModelProto
         inferred = onnx.shape_inference.infer_shapes(exported, data_prop=True)
         again = gs.import_onnx(inferred)
     except Exception:
-        return graph, declared
+        return graph, declared, None
     if [t.name for t in again.inputs] != [t.name for t in graph.inputs]:
-        return graph, declared
-    return again, declared
+        return graph, declared, None
+    return again, declared, inferred
 
 
 def _fill_matmul_shapes(graph: gs.Graph, ir_version: int,
@@ -548,10 +550,11 @@ def _forget_inferred_shapes(graph: gs.Graph, declared: Mapping[str, object]) -> 
             tensor.shape = declared.get(name)
 
 
-def _large_tensors(proto: onnx.ModelProto) -> set[str]:
+def _large_tensors(proto: onnx.ModelProto, inferred: bool = False) -> set[str]:
     """Node outputs that constant folding must not compute: larger than FOLD_SIZE_LIMIT
-    (by shape inference), or of an expanding op whose size inference cannot tell. Folding
-    evaluates a subgraph before it looks at the result's size, so the cap must come first."""
+    (by shape inference, run here unless `inferred` says the proto has it already), or of
+    an expanding op whose size inference cannot tell. Folding evaluates a subgraph before
+    it looks at the result's size, so the cap must come first."""
     constant = {t.name for t in proto.graph.initializer} | {""}
     foldable = False
     for node in proto.graph.node:
@@ -560,12 +563,14 @@ def _large_tensors(proto: onnx.ModelProto) -> set[str]:
             foldable = foldable or node.op_type != "Constant"
     if not foldable:  # nothing to fold: spare the shape inference
         return set()
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:
-        inferred = proto
+    shaped = proto
+    if not inferred:
+        try:
+            shaped = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        except Exception:
+            pass
     sizes: dict[str, int | None] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in list(shaped.graph.value_info) + list(shaped.graph.output):
         tt = vi.type.tensor_type
         if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
             try:

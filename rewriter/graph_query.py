@@ -112,3 +112,14 @@ class Namer:
             name = f"{base}_{k}"
         self.used.add(name)
         return name
+
+
+def fills_zeros(node: gs.Node) -> bool:
+    """A ConstantOfShape that fills its tensor with 0 (the default when it has no value)."""
+    if node.op != "ConstantOfShape":
+        return False
+    value = node.attrs.get("value")
+    if value is None:
+        return True
+    fill = np.asarray(value.values if isinstance(value, gs.Constant) else value)
+    return fill.size == 1 and float(fill.reshape(-1)[0]) == 0.0

@@ -20,6 +20,8 @@ says so instead of trusting a lucky figure.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 import time
@@ -245,6 +247,25 @@ def evaluate(original: Model, candidate: Model, data: FidelityData,
                             measured_on=data.describe_eval())
 
 
+def refit_and_train(original: Model, student: Model, data: FidelityData, method: str,
+                    budget: RecoveryBudget, seed: int = 0, progress: bool = False,
+                    reference: Mapping[str, np.ndarray] | None = None
+                    ) -> tuple[Model, Fidelity, int, list[tuple[int, float, float]]]:
+    """Refit what the change recorded, train (`train`), and measure on eval: (model,
+    fidelity after with `before_recovery` set to the refitted student's, steps, history).
+    Refit only: the model is the refitted student, measured once."""
+    if student.changes.refit:  # the initial weights are not the figure a user compares with
+        from rewriter.reconstruct import refit
+
+        student = refit(original, student, data.fit.batches(BATCH), progress=progress)
+    before = evaluate(original, student, data, reference)
+    model, steps, history = train(original, student, data, method, budget, seed, progress)
+    after = (dataclasses.replace(before) if method == "refit"
+             else evaluate(original, model, data, reference))
+    after.before_recovery = before
+    return model, after, steps, history
+
+
 def recover(original: Model | str | Path, rewritten: Model | str | Path,
             calibration: object = None, *, eval_data: object = None,
             preprocess: Preprocess | str | None = None, method: str | None = "distill",
@@ -276,15 +297,8 @@ def recover(original: Model | str | Path, rewritten: Model | str | Path,
     warnings = list(data.warnings)
     method = resolve_method(method, warnings)
     reference = _reference(teacher, data)
-    before = evaluate(teacher, student, data, reference)
-    if student.changes.refit:  # the initial weights are not the figure a user compares with
-        from rewriter.reconstruct import refit
-
-        student = refit(teacher, student, data.fit.batches(BATCH), progress=progress)
-        before = evaluate(teacher, student, data, reference)
-    model, steps, history = train(teacher, student, data, method, budget, seed, progress)
-    after = evaluate(teacher, model, data, reference)
-    after.before_recovery = before
+    model, after, steps, history = refit_and_train(teacher, student, data, method, budget,
+                                                   seed, progress, reference)
     label = (student.changes.label() if student.changes.passes
              else student.metadata.get(METADATA_KEY) or "architecture changed")
     model.metadata[METADATA_KEY] = label_recovered(label, method, after, metric)

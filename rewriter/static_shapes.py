@@ -9,15 +9,15 @@ batch as well. Here the batch stays symbolic, so the shape argument is rewritten
 not to depend on it:
 
 The graph is run twice in onnxruntime, at batch sizes 1 and 3 (every other input dim as
-fixed), and the shapes of the tensors around each computed Reshape/Expand are read. For a Reshape (allowzero 0) whose shape argument is computed, output dim j
-becomes
+fixed), and the shapes of the tensors around each computed Reshape/Expand are read. For a
+Reshape (allowzero 0) whose shape argument is computed, output dim j becomes
 - the constant d when it is d at both batch sizes;
 - 0 ("copy dim j of the data input") when it equals the data input's dim j at both;
 - -1 ("whatever is left") for at most one dim that is neither;
 otherwise the Reshape is left alone. When every dim is settled, the largest constant one
 becomes -1 all the same, so that a channel rewrite upstream (a depth multiplier before a
-flatten to [N, C]) does not meet a channel count baked into the constant. An Expand whose output shape is the same at both
-batch sizes gets that shape as a constant argument (Expand broadcasts its input to it, so
+flatten to [N, C]) does not meet a channel count baked into the constant. An Expand whose
+output shape is the same at both batch sizes gets that shape as a constant argument (Expand broadcasts its input to it, so
 the result is the same). The chains that computed the old arguments are then dead and
 are removed. Dims that are the same at two batch sizes are the same at every batch size
 for the linear shape arithmetic exporters write; the loaded model is checked against the
@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.graph_query import Namer, const_value
+from rewriter.graph_query import Namer, const_value, fills_zeros
 
 __all__ = ["fold_computed_shapes", "fold_zero_states", "shapes_at_run_time"]
 
@@ -58,6 +58,20 @@ def _run_shapes(graph: gs.Graph, ir_version: int, inputs: Mapping[str, Sequence[
                               if np.issubdtype(dtype, np.floating) else np.zeros(shape, dtype))
     values = run_model(with_outputs(proto, names), feeds, list(names), optimize=False)
     return {name: tuple(int(d) for d in value.shape) for name, value in values.items()}
+
+
+def _at_batches(graph: gs.Graph, ir_version: int,
+                inputs: Mapping[str, Sequence[int] | None], names: Sequence[str]
+                ) -> list[dict[str, tuple[int, ...]]] | None:
+    """The shapes of tensors `names` at each of BATCHES; None when there is nothing to
+    ask, an input's dims are unknown, or the graph does not run at these sizes."""
+    if not names or any(inputs.get(t.name) is None for t in graph.inputs):
+        return None
+    try:
+        return [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
+                for b in BATCHES]
+    except Exception:  # the graph keeps what it has
+        return None
 
 
 def _reshape_target(out: Sequence[tuple[int, ...]], data: Sequence[tuple[int, ...]]
@@ -93,14 +107,10 @@ def fold_computed_shapes(graph: gs.Graph, ir_version: int,
     and shape inference succeeds at both batch sizes."""
     computed = [n for n in graph.nodes if n.op in ("Reshape", "Expand") and len(n.inputs) > 1
                 and const_value(n.inputs[1]) is None]
-    if not computed or any(inputs.get(t.name) is None for t in graph.inputs):
-        return 0
-    names = sorted({t.name for n in computed for t in (n.inputs[0], n.outputs[0])
-                    if not isinstance(t, gs.Constant)})
-    try:
-        at = [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
-              for b in BATCHES]
-    except Exception:  # a graph that does not run at these sizes keeps its computed shapes
+    at = _at_batches(graph, ir_version, inputs,
+                     sorted({t.name for n in computed for t in (n.inputs[0], n.outputs[0])
+                             if not isinstance(t, gs.Constant)}))
+    if at is None:
         return 0
     namer = Namer(graph)
     replaced = 0
@@ -127,15 +137,6 @@ def fold_computed_shapes(graph: gs.Graph, ir_version: int,
     return replaced
 
 
-def _zero_fill(node: gs.Node) -> bool:
-    """A ConstantOfShape that fills with 0 (its default)."""
-    value = node.attrs.get("value")
-    if value is None:
-        return True
-    fill = np.asarray(value.values if isinstance(value, gs.Constant) else value)
-    return fill.size == 1 and float(fill.reshape(-1)[0]) == 0.0
-
-
 def fold_zero_states(graph: gs.Graph, ir_version: int,
                      inputs: Mapping[str, Sequence[int] | None]) -> int:
     """Terms of an all-zero tensor made at run time (ConstantOfShape of 0: the zero
@@ -149,9 +150,8 @@ def fold_zero_states(graph: gs.Graph, ir_version: int,
       Sigmoid or another gate.
     Only where Y alone has the Add's output shape at batch 1 and 3 (run in onnxruntime),
     so dropping the other term changes no broadcast. The chains that built Z die."""
-    zeros = {id(t) for n in graph.nodes if n.op == "ConstantOfShape" and _zero_fill(n)
-             for t in n.outputs}
-    if not zeros or any(inputs.get(t.name) is None for t in graph.inputs):
+    zeros = {id(t) for n in graph.nodes if fills_zeros(n) for t in n.outputs}
+    if not zeros:
         return 0
     outputs = {id(t) for t in graph.outputs}
     pairs: list[tuple[gs.Node, gs.Node, gs.Tensor, np.ndarray | None]] = []
@@ -173,14 +173,11 @@ def fold_zero_states(graph: gs.Graph, ir_version: int,
             if add.op == "Add" and len(add.inputs) == 2 and add.inputs[0] is not add.inputs[1]:
                 other = add.inputs[1] if add.inputs[0] is term else add.inputs[0]
                 pairs.append((node, add, other, value))
-    if not pairs:
-        return 0
-    names = sorted({t.name for _, add, other, _ in pairs for t in (other, add.outputs[0])
-                    if not isinstance(t, gs.Constant)})
-    try:
-        at = [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
-              for b in BATCHES]
-    except Exception:
+    at = _at_batches(graph, ir_version, inputs,
+                     sorted({t.name for _, add, other, _ in pairs
+                             for t in (other, add.outputs[0])
+                             if not isinstance(t, gs.Constant)}))
+    if at is None:
         return 0
     namer = Namer(graph)
     folded = 0
@@ -210,12 +207,8 @@ def shapes_at_run_time(graph: gs.Graph, ir_version: int,
     """The shapes of tensors `names` as the graph runs at batch 1 and 3: a dim that differs
     is the batch ("N"), and a tensor whose other dims differ is left out. Empty when the
     inputs' dims are not all known or the graph does not run."""
-    if not names or any(inputs.get(t.name) is None for t in graph.inputs):
-        return {}
-    try:
-        at = [_run_shapes(graph, ir_version, inputs, b, names)  # type: ignore[arg-type]
-              for b in BATCHES]
-    except Exception:
+    at = _at_batches(graph, ir_version, inputs, names)
+    if at is None:
         return {}
     shapes: dict[str, list[int | str]] = {}
     for name in names:

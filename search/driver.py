@@ -19,7 +19,6 @@ No feasible candidate is a `BudgetError` (exit code 3) naming the binding constr
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ from rewriter.changes import METADATA_KEY
 from rewriter.data import Preprocess
 from rewriter.fidelity import (FIDELITY_METRICS, Fidelity, measure_fidelity,
                                uncertainty_warning)
-from rewriter.recovery import (BATCH, RecoveryBudget, evaluate, label_recovered,
-                               lower_bound, meets, prepare_data, resolve_method,
-                               supportable_floor, train)
+from rewriter.recovery import (BATCH, RecoveryBudget, label_recovered, lower_bound, meets,
+                               prepare_data, refit_and_train, resolve_method,
+                               supportable_floor)
 from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import Violation, check_budget
 from rewriter.errors import BadInputError, BudgetError, VerificationError
@@ -402,18 +401,10 @@ class _RecoveryStage:
         """Recover `student` (`candidate`'s architecture changes, built); keep it if it
         holds the floor on eval and is faster than what is kept. The recovered model, or
         None when it misses the floor."""
-        canonical = self.space.canonical
-        fitted = student
-        if student.changes.refit:
-            from rewriter.reconstruct import refit
-
-            fitted = refit(canonical, student, self.data.fit.batches(BATCH))
-        before = evaluate(canonical, fitted, self.data, self.reference)
-        model, _, _ = train(canonical, fitted, self.data, self.method, budget, self.seed,
-                            self.progress)
-        after = (dataclasses.replace(before) if self.method == "refit"
-                 else evaluate(canonical, model, self.data, self.reference))
-        after.before_recovery = before
+        model, after, _, _ = refit_and_train(self.space.canonical, student, self.data,
+                                             self.method, budget, self.seed, self.progress,
+                                             self.reference)
+        before = after.before_recovery
         genes = self.space.architecture_genes(candidate)
         ok = meets(after, self.floor, self.metric)
         self.tried.append((ok, f"{self._label(genes)}: {after.value(self.metric):.4f} "
@@ -603,7 +594,6 @@ def optimize(
     notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
     recovered: Model | None = None
     fidelity: Fidelity | None = None
-    held: Batches = []
     if not exact:
         stage = _RecoveryStage(space, evaluator, calibration, eval_data, preprocess, seed,
                                min_fidelity, fidelity_metric, recover, recover_budget,

@@ -43,8 +43,6 @@ from rewriter.passes.base import Effect, Fusion, KernelInfo, SearchView
 from rewriter.rewrite import apply_pass
 from rewriter.staged import Batches
 
-EXACT_ORDER = tuple(cls.name for cls in SEARCH_PASSES if cls.exact)
-ARCHITECTURE_ORDER = tuple(cls.name for cls in SEARCH_PASSES if not cls.exact)
 DEFAULT_MULTIPLIERS = (0.75, 0.5)
 
 Genome = tuple[int, ...]

@@ -27,21 +27,31 @@ def _w(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32) * 0.3
 
 
-def _model(nodes: list[onnx.NodeProto], inits: list[TensorProto], cin: int = 4,
-           res: int = 8, opset: int = 13, outputs: list[str] | None = None
-           ) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, res, res])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs or ["y"]],
-        initializer=inits)
+def _graph_model(nodes, inits, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
+    """A checked model whose outputs carry the shapes onnx infers (an empty shape where a
+    computed shape leaves the rank unknown)."""
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
     ops = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=ops)
     model.ir_version = helper.find_min_ir_version_for(ops)
     inferred = onnx.shape_inference.infer_shapes(model)
     del model.graph.output[:]
     model.graph.output.extend(inferred.graph.output)
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape"):
+            out.type.tensor_type.shape.SetInParent()
     onnx.checker.check_model(model)
     return model
+
+
+def _model(nodes: list[onnx.NodeProto], inits: list[TensorProto], cin: int = 4,
+           res: int = 8, opset: int = 13, outputs: list[str] | None = None
+           ) -> onnx.ModelProto:
+    return _graph_model(
+        nodes, inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, res, res])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs or ["y"]],
+        opset)
 
 
 def _feeds(proto: onnx.ModelProto, batch: int = 2, seed: int = 1) -> dict[str, np.ndarray]:
@@ -451,21 +461,6 @@ def test_static_padding_mobilenetv2_is_seen_like_the_normal_one(fold_bn):
 
 
 # -- ConvTranspose, MatMul + Add, computed shapes, recurrent zero states ----------------------
-def _graph_model(nodes, inits, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
-    ops = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=ops)
-    model.ir_version = helper.find_min_ir_version_for(ops)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    del model.graph.output[:]
-    model.graph.output.extend(inferred.graph.output)
-    for out in model.graph.output:  # a computed shape leaves the output's rank unknown
-        if not out.type.tensor_type.HasField("shape"):
-            out.type.tensor_type.shape.SetInParent()
-    onnx.checker.check_model(model)
-    return model
-
-
 def _same_at_batches(proto: onnx.ModelProto, model, batches=(1, 2, 5)) -> None:
     """The loaded model computes the original's function at every batch size (so the
     batch stayed symbolic)."""
