@@ -21,8 +21,13 @@ import sys
 from rewriter.cost.estimate import Target
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.retime import retimable
-from rewriter.cost.validate import (measure_cases, paddleocr_cases, validate_by,
-                                    validate_retimed, zoo_cases)
+from rewriter.cost.validate import (
+    measure_cases,
+    paddleocr_cases,
+    validate_by,
+    validate_retimed,
+    zoo_cases,
+)
 
 
 def main() -> int:

@@ -31,8 +31,14 @@ from rewriter.cost.estimate import Target
 from rewriter.cost.measure import read_csv
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.retime import retimable
-from rewriter.cost.validate import (ValidationReport, measure_cases, paddleocr_cases,
-                                    time_kernels, validate_by, zoo_cases)
+from rewriter.cost.validate import (
+    ValidationReport,
+    measure_cases,
+    paddleocr_cases,
+    time_kernels,
+    validate_by,
+    zoo_cases,
+)
 from rewriter.tables import table
 
 

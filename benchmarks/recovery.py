@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from text_lines import write_lines  # noqa: E402
 
-from rewriter.data import load_samples, Preprocess  # noqa: E402
+from rewriter.data import Preprocess, load_samples  # noqa: E402
 from rewriter.fidelity import measure_fidelity  # noqa: E402
 from rewriter.graph_io import load_model  # noqa: E402
 from rewriter.recovery import recover  # noqa: E402

@@ -25,10 +25,10 @@ from dataclasses import replace
 
 from rewriter.cost.estimate import Target
 from rewriter.cost.measure import read_csv
-from rewriter.cost.validate import (paddleocr_cases, rewrite_pairs, validate_by, validate_gains,
-                                    zoo_cases)
+from rewriter.cost.validate import paddleocr_cases, validate_by, validate_gains, zoo_cases
 from rewriter.cost.zigzag_models import simulate_kernels_ms, simulated_spec, target_accelerator
 from rewriter.graph_io import Model
+from rewriter.search.gain_pairs import rewrite_pairs
 
 # The default set is ~750 distinct layers over both accelerators (~25 minutes uncached on a
 # shared 2-core VM); --full is ~1,260 (edge_tpu_like's mapping search is ~4x slower).

@@ -22,7 +22,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rewriter.cost' has no attribute {name!r}")
 
 
-__all__ = [
+__all__ = [  # noqa: PLE0604 (the lazy names are strings too)
     "KINDS", "HardwareProfile", "OpEstimate", "OpSpec", "ProfileError", "builtin_profiles",
     "estimate_op", "features", "load_profile", "op_latency_s", *_LAZY,
 ]

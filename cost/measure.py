@@ -60,8 +60,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
-from rewriter.cost.opspec import (CONV_KINDS, INT_FIELDS, KINDS, RESIZE_TAPS, SPEC_FIELDS, OpSpec,
-                                  ceil_div)
+from rewriter.cost.opspec import (
+    CONV_KINDS,
+    INT_FIELDS,
+    KINDS,
+    RESIZE_TAPS,
+    SPEC_FIELDS,
+    OpSpec,
+    ceil_div,
+)
 from rewriter.runtime import session
 
 OPSET = 13

@@ -43,8 +43,14 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
 from rewriter.cost.measure import Measurement, read_csv
-from rewriter.cost.opspec import (FEATURE_NAMES, INT_FIELDS, ONE_HOT_KINDS, SPEC_FIELDS, OpSpec,
-                                  features)
+from rewriter.cost.opspec import (
+    FEATURE_NAMES,
+    INT_FIELDS,
+    ONE_HOT_KINDS,
+    SPEC_FIELDS,
+    OpSpec,
+    features,
+)
 from rewriter.cost.profile import HardwareProfile, ProfileError
 
 FORMAT = "rewriter.cost.regression"
@@ -93,24 +99,13 @@ class FitReport:
                 f"{100 * self.within_10pct:.0f}%, Spearman {self.spearman:.3f}")
 
 
-def rank(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    sorted_vals = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):
-        if end == len(values) or sorted_vals[end] != sorted_vals[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2
-            start = end
-    return ranks
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    ra, rb = rank(np.asarray(a, float)), rank(np.asarray(b, float))
-    if ra.std() == 0 or rb.std() == 0:
+    """Spearman's rank correlation (scipy), 0 where either side is constant."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(np.asarray(a, float)) == 0 or np.ptp(np.asarray(b, float)) == 0:
         return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b)[0])
 
 
 def group(spec: OpSpec) -> str:

@@ -2,7 +2,8 @@
 
 A shared or frequency-scaling machine drifts: here, 150 ops of a CSV measured on this VM,
 re-timed 35 minutes after it was written, ran at 0.93 of their CSV times, and the 50 whole
-models of benchmarks/cost_accuracy.py, timed at both ends of those minutes, at 0.94. An estimator fitted on ops from one sitting
+models of benchmarks/cost_accuracy.py, timed at both ends of those minutes, at 0.94. An
+estimator fitted on ops from one sitting
 is then off by that much for every model measured in another. `machine_speed` re-times a
 seeded sample of the target's own measured ops (those of at least `MIN_MS`, which the
 profiler resolves to a few per cent) and returns the median ratio now / then;

@@ -27,8 +27,13 @@ from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Part
-from rewriter.cost.measure import (Measurement, MeasurementError, measure_specs, one_op_model,
-                                   session_wall_time)
+from rewriter.cost.measure import (
+    Measurement,
+    MeasurementError,
+    measure_specs,
+    one_op_model,
+    session_wall_time,
+)
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable
@@ -299,26 +304,6 @@ class GainReport:
                 "rows": [{**asdict(r), "measured_gain": r.measured_gain,
                           "estimated_gain": r.estimated_gain, "sign_agrees": r.sign_agrees}
                          for r in self.rows]}
-
-
-def rewrite_pairs(case: Case, target: Target) -> list[Pair]:
-    """(canonical BN-folded model, rewritten) pairs of `case`: the exact rewrites
-    `rewriter.optimize` keeps for `target`, and every fuse-ibn site applied. A rewrite that
-    changes nothing (no site, or none kept) gives no pair."""
-    # Imported here: the search depends on the cost model, not the other way round.
-    from rewriter.passes import get_pass
-    from rewriter.rewrite import apply_pass
-    from rewriter.search.driver import optimize
-
-    folded = apply_pass(case.model, get_pass("fold-bn")).model
-    pairs = []
-    result = optimize(folded, target, exact=True, inputs=case.feeds)  # verified on feeds
-    if result.decisions:
-        pairs.append(Pair(case.name, "optimize", folded, result.model))
-    fused = apply_pass(folded, get_pass("fuse-ibn"))
-    if fused.applied:
-        pairs.append(Pair(case.name, "fuse-ibn", folded, fused.model))
-    return pairs
 
 
 def validate_gains(target: Target, pairs: Iterable[Pair],

@@ -23,7 +23,8 @@ returns milliseconds at ``clock_hz`` (1 ms = clock_hz / 1e3 cycles).
 Cache: cycles are stored per accelerator in ``cache_dir/zigzag-VERSION-ACCELERATOR.json``
 (default ``~/.cache/rewriter/zigzag/``), a JSON object keyed by `cache_key` (the spec's
 signature without its layout, which a MAC layer on ZigZag does not have: the keys caches
-had before OpSpec gained one), rewritten atomically after each new result, so no spec is ever simulated twice. One
+had before OpSpec gained one), rewritten atomically after each new result, so no spec is ever
+simulated twice. One
 conv layer takes about 1-6 s to simulate; uncached specs run in a process pool.
 """
 

@@ -52,8 +52,14 @@ from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Kernel, decompose
 from rewriter.cost.measure import MeasurementError
 from rewriter.cost.opspec import OpSpec
-from rewriter.cost.validate import (Case, GainReport, Pair, ValidationReport,
-                                    validate_by, validate_gains)
+from rewriter.cost.validate import (
+    Case,
+    GainReport,
+    Pair,
+    ValidationReport,
+    validate_by,
+    validate_gains,
+)
 from rewriter.cost.zigzag import SUPPORTED_KINDS, ZigZagError, measure_zigzag, simulate_cycles
 from rewriter.graph_io import Model
 

@@ -25,8 +25,7 @@ from rewriter.analysis.channels import ChannelGroup, channel_groups, channel_par
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value
-from rewriter.passes.base import (Effect, Namer, Pass, RoundUp, SearchView, Site, constant,
-                                   finish)
+from rewriter.passes.base import Effect, Namer, Pass, RoundUp, SearchView, Site, constant, finish
 from rewriter.passes.prune import paddable, prunable
 
 

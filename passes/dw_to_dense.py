@@ -13,8 +13,16 @@ from __future__ import annotations
 from rewriter.conv_math import grouped_to_dense
 from rewriter.graph_io import Model
 from rewriter.graph_query import conv_info
-from rewriter.passes.base import (Effect, Namer, Pass, SearchView, Site, constant, finish,
-                                   kernel_claim)
+from rewriter.passes.base import (
+    Effect,
+    Namer,
+    Pass,
+    SearchView,
+    Site,
+    constant,
+    finish,
+    kernel_claim,
+)
 
 
 class DepthwiseToDense(Pass):

@@ -29,8 +29,17 @@ import onnx_graphsurgeon as gs
 from rewriter.analysis.blocks import follow_bn_act
 from rewriter.graph_io import Model
 from rewriter.graph_query import conv_attrs, conv_info
-from rewriter.passes.base import (Effect, Fusion, Namer, Pass, SearchView, Site, constant,
-                                   finish, kernel_claim)
+from rewriter.passes.base import (
+    Effect,
+    Fusion,
+    Namer,
+    Pass,
+    SearchView,
+    Site,
+    constant,
+    finish,
+    kernel_claim,
+)
 
 
 class FuseIBN(Pass):

@@ -14,14 +14,22 @@ followed by an Add of the constant map, which needs static H and W.
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from rewriter.conv_math import conv2d, grouped_to_dense
 from rewriter.graph_io import Model
 from rewriter.graph_query import ConvInfo, conv_attrs, conv_info, only_consumer
-from rewriter.passes.base import (Effect, Fusion, Namer, Pass, SearchView, Site, constant,
-                                   finish, kernel_claim)
-
-import onnx_graphsurgeon as gs
+from rewriter.passes.base import (
+    Effect,
+    Fusion,
+    Namer,
+    Pass,
+    SearchView,
+    Site,
+    constant,
+    finish,
+    kernel_claim,
+)
 
 
 class FuseLinearConv(Pass):

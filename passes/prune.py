@@ -24,8 +24,14 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from rewriter.analysis.channels import (ChannelAnalysis, ChannelGroup, analyse_channels,
-                                        channel_params, output_rank, weight_axis)
+from rewriter.analysis.channels import (
+    ChannelAnalysis,
+    ChannelGroup,
+    analyse_channels,
+    channel_params,
+    output_rank,
+    weight_axis,
+)
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 try:  # one version source: the installed package's metadata (pyproject.toml)
-    from importlib.metadata import PackageNotFoundError, version as _version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
 
     __version__ = _version("rewriter")
 except PackageNotFoundError:  # run from a source tree that was never installed
@@ -39,4 +40,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'rewriter' has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [*_LAZY, "__version__"]  # noqa: PLE0604 (the lazy names are strings)

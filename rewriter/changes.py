@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 METADATA_KEY = "rewriter.architecture_changed"
 
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 verification failed (nothing written); 2 bad input (missing or
 corrupt file, unknown pass, site or strategy, unsupported op or dynamic shape, a feature
-not built yet); 3 no candidate within the memory budget; 70 internal error (a bug: set REWRITER_DEBUG=1 for the traceback).
+not built yet); 3 no candidate within the memory budget; 70 internal error (a bug: set
+REWRITER_DEBUG=1 for the traceback).
 """
 
 from __future__ import annotations
@@ -392,7 +393,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"model   {args.model}  (opset {result.opset}, {len(result.ops)} nodes)")
     print("inputs  " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items()))
     print("outputs " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result.outputs.items()))
-    print(f"params  {result.params:,} ({human_bytes(result.param_bytes)})   MACs {human(result.macs)}"
+    print(f"params  {result.params:,} ({human_bytes(result.param_bytes)})   "
+          f"MACs {human(result.macs)}"
           f"   peak activations {human_bytes(result.peak_activation_bytes)} "
           f"(at {result.peak_step})")
     counts = result.to_dict()["op_counts"]
@@ -511,7 +513,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
           f"{human_bytes(result.peak_activation_bytes)}")
     ranked = sorted(result.ops, key=lambda o: -o.latency_ms)
     shown = ranked if args.top <= 0 else ranked[:args.top]
-    rows = [[o.name, o.kind, f"{o.latency_ms:.4f}", f"{100 * o.latency_ms / result.latency_ms:.1f}%",
+    rows = [[o.name, o.kind, f"{o.latency_ms:.4f}",
+             f"{100 * o.latency_ms / result.latency_ms:.1f}%",
              "" if o.utilisation is None else f"{100 * o.utilisation:.0f}%"] for o in shown]
     print(f"\n{len(result.ops)} kernels; the {len(shown)} slowest:")
     print(table(["kernel", "kind", "ms", "share", "util"], rows))
@@ -541,11 +544,10 @@ def _multipliers(text: str) -> tuple[float, ...]:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from rewriter.cost.memory import parse_bytes
     from rewriter.graph_io import save_model
-    from rewriter.search import Budget, optimize
-    from rewriter.verify import load_inputs
-
     from rewriter.paths import check_output_path, same_file
+    from rewriter.search import Budget, optimize
     from rewriter.search.report import report_paths
+    from rewriter.verify import load_inputs
 
     read = _read_files(args, "model", "inputs", "calibration", "eval_data")
     if Path(args.target).is_file():
@@ -725,7 +727,8 @@ def _parse_model_arg(spec: str):
     from rewriter.graph_io import load_model, parse_input_shapes
 
     path, _, shapes = spec.partition(",")
-    return Path(path).stem, load_model(path, parse_input_shapes(shapes.split(",") if shapes else []))
+    shape_specs = shapes.split(",") if shapes else []
+    return Path(path).stem, load_model(path, parse_input_shapes(shape_specs))
 
 
 def _cost_validate(args: argparse.Namespace) -> int:
@@ -757,8 +760,8 @@ def _cost_validate(args: argparse.Namespace) -> int:
         except ProfileError as exc:
             raise BadInputError(str(exc)) from None
     else:
-        from rewriter.cost.validate import rewrite_pairs
         from rewriter.cost.zigzag_models import gains_on_zigzag, validate_on_zigzag
+        from rewriter.search.gain_pairs import rewrite_pairs
 
         progress = not args.json and sys.stderr.isatty()
         report = validate_on_zigzag(target, cases, progress=progress)

@@ -432,7 +432,7 @@ def _read_rgb(path: Path) -> "object":
 def _resampling() -> int:
     from PIL import Image
 
-    return getattr(getattr(Image, "Resampling", Image), "BICUBIC")
+    return getattr(Image, "Resampling", Image).BICUBIC
 
 
 def _centre_crop(img: "object", size: tuple[int, int], crop: float) -> np.ndarray:

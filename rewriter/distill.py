@@ -25,7 +25,8 @@ Augmentation (fitting inputs only; NCHW inputs at least 8x8): random resized cro
 0.35..1 of the image, aspect 3/4..4/3 of the input's, resized back with bilinear sampling),
 horizontal flip, light brightness/contrast jitter, and mixup of two inputs (HEAVY); from
 PLENTIFUL fitting inputs on, crops of 0.8..1 of the area with no flip and no mixup
-(LIGHT). The teacher labels every augmented input itself, so the augmented inputs need no labels; what they buy
+(LIGHT). The teacher labels every augmented input itself, so the augmented inputs need no
+labels; what they buy
 is more distinct points of the input distribution than the few calibration images give, so
 the student matches the teacher's function near the data and not only at the samples.
 Many inputs cover the data's distribution themselves: then far-fetched inputs (mirrored

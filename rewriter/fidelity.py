@@ -271,7 +271,8 @@ def calibration_split(model: Model, calibration: str | Path | Batches | Samples 
     """(fitting batches, held-out batches, warnings).
 
     `Samples` or a path (an .npz, a folder of images or an image, read by
-    `data.load_samples` with `preprocess`) are split by source (`split_samples`: a quarter of the sources
+    `data.load_samples` with `preprocess`) are split by source (`split_samples`: a quarter of
+    the sources
     held out, never a source on both sides; an .npz row without a `__source__` is its own
     source) into batches of SPLIT_BATCH. Batches or None (seeded random inputs) keep the
     old behaviour: the batches cut 3:1 in order.

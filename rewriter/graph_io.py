@@ -27,9 +27,9 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from rewriter.canonical import canonicalize
-from rewriter.static_shapes import fold_computed_shapes, fold_zero_states, shapes_at_run_time
 from rewriter.changes import ArchitectureChanges
 from rewriter.errors import BadInputError, RewriterError, UnsupportedError
+from rewriter.static_shapes import fold_computed_shapes, fold_zero_states, shapes_at_run_time
 
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
@@ -307,7 +307,7 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         entries = {e.key: e.value for e in tensor.external_data}
         where = f"{path}: tensor '{tensor.name}' external data"
 
-        def refuse(problem: str) -> BadInputError:
+        def refuse(problem: str, where: str = where) -> BadInputError:
             return BadInputError(f"{where} {problem}; refusing to read it")
 
         location = entries.get("location", "")
@@ -356,13 +356,14 @@ def _check_text(proto: onnx.ModelProto, where: str) -> None:
     stack = [proto]
     while stack:
         message = stack.pop()
-        for field, value in message.ListFields():
-            if field.type == FieldDescriptor.TYPE_STRING:
+        for descriptor, value in message.ListFields():
+            if descriptor.type == FieldDescriptor.TYPE_STRING:
                 for text in [value] if isinstance(value, (str, bytes)) else value:
                     if not isinstance(text, str):
-                        raise BadInputError(f"{where} is not a valid ONNX model: field "
-                                            f"'{field.name}' is not UTF-8 text ({text[:40]!r})")
-            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                        raise BadInputError(
+                            f"{where} is not a valid ONNX model: field '{descriptor.name}' "
+                            f"is not UTF-8 text ({text[:40]!r})")
+            elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
                 if hasattr(value, "ListFields"):
                     stack.append(value)
                 else:

@@ -21,7 +21,6 @@ says so instead of trusting a lucky figure.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import re
 import time

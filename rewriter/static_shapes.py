@@ -17,7 +17,8 @@ Reshape (allowzero 0) whose shape argument is computed, output dim j becomes
 otherwise the Reshape is left alone. When every dim is settled, the largest constant one
 becomes -1 all the same, so that a channel rewrite upstream (a depth multiplier before a
 flatten to [N, C]) does not meet a channel count baked into the constant. An Expand whose
-output shape is the same at both batch sizes gets that shape as a constant argument (Expand broadcasts its input to it, so
+output shape is the same at both batch sizes gets that shape as a constant argument (Expand
+broadcasts its input to it, so
 the result is the same). The chains that computed the old arguments are then dead and
 are removed. Dims that are the same at two batch sizes are the same at every batch size
 for the linear shape arithmetic exporters write; the loaded model is checked against the

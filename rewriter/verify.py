@@ -54,8 +54,13 @@ import numpy as np
 import onnx
 
 from rewriter.errors import BadInputError
-from rewriter.float64 import (Float64Unavailable, perturb_parameters, run_float64, to_float64,
-                              unchanged_parameters)
+from rewriter.float64 import (
+    Float64Unavailable,
+    perturb_parameters,
+    run_float64,
+    to_float64,
+    unchanged_parameters,
+)
 from rewriter.graph_io import Model
 from rewriter.runtime import run_model
 

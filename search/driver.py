@@ -30,19 +30,26 @@ import numpy as np
 
 from rewriter.analysis.memory import MemoryStats
 from rewriter.changes import METADATA_KEY
-from rewriter.data import Preprocess
-from rewriter.fidelity import (FIDELITY_METRICS, Fidelity, measure_fidelity,
-                               uncertainty_warning)
-from rewriter.recovery import (BATCH, RecoveryBudget, label_recovered, lower_bound, meets,
-                               prepare_data, refit_and_train, resolve_method,
-                               supportable_floor)
 from rewriter.cost.estimate import ModelEstimate, Target
 from rewriter.cost.memory import Violation, check_budget
+from rewriter.data import Preprocess
 from rewriter.errors import BadInputError, BudgetError, VerificationError
+from rewriter.fidelity import FIDELITY_METRICS, Fidelity, measure_fidelity, uncertainty_warning
 from rewriter.graph_io import Model, load_model
+from rewriter.recovery import (
+    BATCH,
+    RecoveryBudget,
+    label_recovered,
+    lower_bound,
+    meets,
+    prepare_data,
+    refit_and_train,
+    resolve_method,
+    supportable_floor,
+)
 from rewriter.search.space import DEFAULT_MULTIPLIERS, Genome, Score, SearchSpace
-from rewriter.staged import Batches, collect
 from rewriter.search.strategies import STRATEGIES, climb
+from rewriter.staged import Batches, collect
 from rewriter.verify import VerificationReport, verify
 
 DEFAULT_CANDIDATES = {"greedy": 20_000, "evolution": 2_000, "random": 2_000}

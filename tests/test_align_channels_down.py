@@ -18,7 +18,7 @@ from rewriter.passes.align_channels_down import AlignChannelsDown
 from rewriter.reconstruct import refit
 from rewriter.rewrite import apply_pass
 from rewriter.staged import collect
-from rewriter.zoo import fixtures
+from tests import fixture_models as fixtures
 from tests.helpers import load
 
 

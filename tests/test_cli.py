@@ -83,6 +83,7 @@ def test_failed_verification_exits_1_and_writes_nothing(real_models, tmp_path, m
     """A wrong rewrite (a weight off by 1%) must be caught, reported, and not written."""
     import numpy as np
     import onnx_graphsurgeon as gs
+
     from rewriter.passes.fold_bn import FoldBatchNorm
 
     exact_apply = FoldBatchNorm.apply
@@ -128,6 +129,7 @@ def test_apply_chosen_sites_and_input_untouched(real_models, tmp_path, capsys):
 
 def test_verification_inputs_from_npz(real_models, tmp_path, capsys):
     import numpy as np
+
     from rewriter.samples import text_image
 
     npz = tmp_path / "inputs.npz"

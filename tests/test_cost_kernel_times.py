@@ -112,5 +112,3 @@ def test_models_priced_from_their_parts_are_estimated_alike(plain, case):
     parts = [plain.parts(case.model)]
     report = validate_by(plain, [case], lambda _: [1.0], parts)
     assert report.rows[0].estimated_ms == pytest.approx(plain.estimate(case.model).latency_ms)
-    assert report.rows[0].estimated_ms == pytest.approx(
-        plain.total_ms(spec for *_, spec in parts[0]))

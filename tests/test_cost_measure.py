@@ -13,8 +13,15 @@ import pytest
 from onnx import shape_inference
 
 from rewriter.cost.measure import (
-    COLUMNS, MAX_MACS, Measurement, MeasurementError, measure_specs, one_op_model, read_csv,
-    sample_specs, write_csv,
+    COLUMNS,
+    MAX_MACS,
+    Measurement,
+    MeasurementError,
+    measure_specs,
+    one_op_model,
+    read_csv,
+    sample_specs,
+    write_csv,
 )
 from rewriter.cost.opspec import KINDS, OpSpec
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,10 @@ from rewriter.cost.measure import read_csv, sample_specs
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import load_profile
 from rewriter.cost.regression import (
-    EstimatorError, FitReport, RegressionEstimator, rank, spearman,
+    EstimatorError,
+    FitReport,
+    RegressionEstimator,
+    spearman,
 )
 
 FAST = {"n_estimators": 40, "min_rows_per_kind": 30}
@@ -37,8 +39,7 @@ def fitted(synthetic):
     return RegressionEstimator(parallelism=32, **FAST).fit(synthetic[0])
 
 
-def test_spearman_and_ranks():
-    assert rank(np.array([10.0, 30.0, 20.0, 20.0])).tolist() == [1.0, 4.0, 2.5, 2.5]
+def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 35, 1000]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [5, 5, 5]) == 0.0
@@ -49,10 +50,13 @@ def test_fits_analytic_model(fitted, synthetic):
     assert isinstance(report, FitReport) and report.n == 100
     assert report.spearman > 0.95
     assert report.mape < 0.3
-    assert 0 <= report.within_10pct <= 1
+    # the report's figures, recomputed from the predictions by hand
+    measured = np.array([ms for _, ms in synthetic[1]])
+    predicted = np.array([fitted.predict_ms(s) for s, _ in synthetic[1]])
+    error = np.abs(predicted / measured - 1)
+    assert report.within_10pct == pytest.approx(np.mean(error <= 0.10))
+    assert report.mape == pytest.approx(np.mean(error))
     assert "Spearman" in report.summary()
-    spec = synthetic[1][0][0]
-    assert fitted.predict_ms(spec) == pytest.approx(fitted.predict_many_ms([spec])[0])
 
 
 def test_save_load_round_trip(fitted, synthetic, tmp_path: Path):
@@ -136,16 +140,17 @@ def test_bundled_cpu_measurements(tmp_path: Path):
     assert report.spearman > 0.97 and report.mape < 0.3, report.summary()
     path = tmp_path / "cpu.json"
     est.save(path)
-    start = time.perf_counter()
     loaded = RegressionEstimator.load(path)
-    assert time.perf_counter() - start < 4.0  # ~1 s for 2400 rows on one core
-    assert loaded.predict_ms(test[0].spec) == est.predict_ms(test[0].spec)
+    specs = [r.spec for r in test]
+    assert np.array_equal(loaded.predict_many_ms(specs), est.predict_many_ms(specs))
 
 
 def test_op_latency_dispatch():
     p32, cpu = load_profile("npu-p32"), load_profile("cpu-ort")
     spec = OpSpec.conv2d(32, 64, 28, 3, act="relu")
-    assert op_latency_s(spec, p32) == estimate_op(spec, p32).latency_s
+    # P = 32: one output channel over a multiple of P costs a whole extra tile
+    over = OpSpec.conv2d(32, 65, 28, 3, act="relu")
+    assert op_latency_s(over, p32) > 1.4 * op_latency_s(spec, p32) > 0
     assert regression_for(cpu) is regression_for(load_profile("cpu-ort"))  # cached
     assert op_latency_s(spec, cpu) == regression_for(cpu).predict_ms(spec) / 1e3 > 0
 

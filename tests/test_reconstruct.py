@@ -14,7 +14,7 @@ from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, conv_attrs, conv_info
 from rewriter.reconstruct import fit_conv, im2col, refit, solve_ridge
 from rewriter.runtime import run_model
-from rewriter.zoo import fixtures
+from tests import fixture_models as fixtures
 from tests.helpers import load
 
 

@@ -12,9 +12,9 @@ from rewriter.cli import main
 from rewriter.cost.estimate import Target
 from rewriter.errors import BadInputError, BudgetError
 from rewriter.graph_io import load_model
+from rewriter.samples import text_image
 from rewriter.search import Budget, optimize
 from rewriter.search.space import SearchSpace
-from rewriter.samples import text_image
 from tests.helpers import load
 
 SMALL = dict(width=0.5, resolution=96)

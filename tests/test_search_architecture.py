@@ -15,8 +15,8 @@ from rewriter.cost.estimate import Target
 from rewriter.errors import BadInputError
 from rewriter.fidelity import calibration_batches
 from rewriter.graph_io import load_model
-from rewriter.samples import text_image
 from rewriter.recovery import lower_bound
+from rewriter.samples import text_image
 from rewriter.search import optimize
 from rewriter.search.space import SearchSpace
 from tests.helpers import load

@@ -15,7 +15,7 @@ from rewriter.graph_io import Model, load_model, model_from_proto  # noqa: E402
 from rewriter.passes import PASSES, get_pass  # noqa: E402
 from rewriter.runtime import run_model  # noqa: E402
 from rewriter.torch_graph import TorchGraph  # noqa: E402
-from rewriter.zoo import fixtures  # noqa: E402
+from tests import fixture_models as fixtures  # noqa: E402
 
 TOL = 1e-4  # of the output's largest magnitude
 

@@ -16,9 +16,8 @@ from rewriter.float64 import Float64Unavailable, run_float64, to_float64, unchan
 from rewriter.passes import get_pass
 from rewriter.rewrite import apply_pass
 from rewriter.runtime import run_model
-from rewriter.verify import (MAX_BOUND, NOISE_FACTOR, TOLERANCE, load_inputs, make_inputs,
-                             verify)
-from rewriter.zoo import fixtures
+from rewriter.verify import MAX_BOUND, NOISE_FACTOR, TOLERANCE, load_inputs, make_inputs, verify
+from tests import fixture_models as fixtures
 from tests.helpers import load
 
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from rewriter import zoo
-from rewriter.zoo import fixtures
+from tests import fixture_models as fixtures
 
 SMALL = dict(width=0.35, resolution=64)
 # (name, build kwargs): every model small at opset 13, plus other opsets and widths.

@@ -27,6 +27,7 @@ from math import prod
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from networkx.utils import UnionFind
 
 from rewriter.analysis.activations import BINARY, UNARY
 from rewriter.graph_io import Model
@@ -143,23 +144,6 @@ class ChannelGroup:
         }
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, key: str) -> str:
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-
 Segment = tuple[str, int]  # (a tensor of the group, channels)
 
 
@@ -167,7 +151,7 @@ class _Analysis:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.shapes = model.shapes
-        self.uf = _UnionFind()
+        self.uf = UnionFind()
         self.layout: dict[str, list[Segment]] = {}
         self.members: list[tuple[str, Member]] = []  # (tensor of the group, member)
         self.frozen: list[tuple[str, str]] = []  # (tensor, reason)
@@ -185,7 +169,7 @@ class _Analysis:
 
     def new_space(self, tensor: gs.Tensor) -> None:
         self.layout[tensor.name] = [(tensor.name, self.channels(tensor) or 0)]
-        self.uf.find(tensor.name)
+        self.uf[tensor.name]  # a group of its own until joined
 
     def same(self, src: gs.Tensor, dst: gs.Tensor) -> None:
         """dst carries src's channels unchanged."""
@@ -211,7 +195,8 @@ class _Analysis:
         if op == "Conv":
             self._conv(node)
         elif op == "ConvTranspose":
-            info_ok = int(node.attrs.get("group", 1)) == 1 and const_value(node.inputs[1]) is not None
+            info_ok = (int(node.attrs.get("group", 1)) == 1
+                       and const_value(node.inputs[1]) is not None)
             self.add(node.inputs[0], node, "consumer")
             self.new_space(outs[0])
             self.add(outs[0], node, "producer")
@@ -263,7 +248,9 @@ class _Analysis:
         self.new_space(y)
         self.add(y, node, "producer")
         if info.groups > 1:
-            reason = f"{'depthwise conv with channel multiplier' if info.is_depthwise else 'grouped conv'} {node.name}"
+            kind = ("depthwise conv with channel multiplier" if info.is_depthwise
+                    else "grouped conv")
+            reason = f"{kind} {node.name}"
             self.freeze(x, reason)
             self.freeze(y, reason)
 
@@ -421,25 +408,25 @@ def analyse_channels(model: Model) -> ChannelAnalysis:
 
     uf = state.uf
     groups: dict[str, ChannelGroup] = {}
-    for name in list(uf.parent):
-        root = uf.find(name)
+    for name in list(uf.parents):
+        root = uf[name]
         shape = state.shapes.get(name)
         if root not in groups:
-            groups[root] = ChannelGroup(id="", channels=int(shape[1]) if shape and len(shape) > 1 else 0,
-                                        tensors=[])
+            channels = int(shape[1]) if shape and len(shape) > 1 else 0
+            groups[root] = ChannelGroup(id="", channels=channels, tensors=[])
         groups[root].tensors.append(name)
     for name, member in state.members:
-        group = groups[uf.find(name)]
+        group = groups[uf[name]]
         if member not in group.members:
             group.members.append(member)
     for frozen, attribute in ((state.frozen, "frozen"), (state.pad_frozen, "pad_frozen")):
         for name, reason in frozen:
-            reasons = getattr(groups[uf.find(name)], attribute)
+            reasons = getattr(groups[uf[name]], attribute)
             if reason not in reasons:
                 reasons.append(reason)
     result = []
     used: set[str] = set()
-    for root, group in groups.items():
+    for group in groups.values():
         if group.channels <= 0:
             continue  # shape vectors and scalars carry no channels
         producers = group.by_role("producer")
@@ -450,10 +437,10 @@ def analyse_channels(model: Model) -> ChannelAnalysis:
         used.add(gid)
         group.id = gid
         result.append(group)
-    ids = {uf.find(t): g.id for g in result for t in g.tensors}
+    ids = {uf[t]: g.id for g in result for t in g.tensors}
     layout = {
-        name: [(ids[uf.find(seg)], width) for seg, width in segments]
+        name: [(ids[uf[seg]], width) for seg, width in segments]
         for name, segments in state.layout.items()
-        if all(uf.find(seg) in ids for seg, _ in segments)
+        if all(uf[seg] in ids for seg, _ in segments)
     }
     return ChannelAnalysis(result, layout)

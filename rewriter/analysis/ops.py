@@ -82,7 +82,8 @@ def node_macs(model: Model, node: gs.Node) -> int:
         return int(prod(in_shape) * weight_shape[1] * kernel)
     if node.op in ("Gemm", "MatMul"):
         a_shape = model.shape(node.inputs[0])
-        inner = a_shape[-1] if not (node.op == "Gemm" and node.attrs.get("transA", 0)) else a_shape[0]
+        transposed = node.op == "Gemm" and node.attrs.get("transA", 0)
+        inner = a_shape[0] if transposed else a_shape[-1]
         return int(prod(out_shape) * inner)
     return 0
 

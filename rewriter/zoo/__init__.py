@@ -8,8 +8,8 @@ torchvision module path (e.g. "features.3.expand.conv", "features.3.expand.bn",
 "classifier.gemm"). Weights are seeded (He-normal before ReLU-like activations, 1/fan_in
 variance for linear layers) and BatchNormalization running statistics are set from a numpy
 forward pass on a probe batch, as training would leave them, so that every output has a
-healthy scale that depends on the input (see `_builder`). Small single-purpose test models
-live in `rewriter.zoo.fixtures`.
+healthy scale that depends on the input (see `_builder`). Small single-purpose test models,
+built with the same builder, live with the tests (tests/fixture_models.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,66 @@
+"""The codebase's own rules: ruff is clean, and the lower layers never import the higher
+ones (the cost model does not import the search; the core imports neither, except the
+CLI and the package's lazy top-level names)."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def _importers(folder: str, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / folder).rglob("*.py")
+                  if path.name not in skip
+                  and any(name == prefix or name.startswith(prefix + ".")
+                          for name in _imports(path)))
+
+
+def test_the_cost_model_does_not_import_the_search():
+    assert _importers("cost", "rewriter.search") == []
+
+
+def test_passes_import_neither_the_search_nor_the_cli():
+    assert _importers("passes", "rewriter.search") == []
+    assert _importers("passes", "rewriter.cli") == []
+
+
+def test_the_core_does_not_import_the_search():
+    assert _importers("rewriter", "rewriter.search", skip=("cli.py", "__init__.py")) == []
+
+
+def test_the_layer_check_sees_an_import(tmp_path: Path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from rewriter.search.driver import optimize\n")
+    assert "rewriter.search.driver" in _imports(module)
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        try:
+            import ruff as _  # noqa: F401
+        except ImportError:
+            pytest.skip("ruff is not installed (pip install -e '.[test]')")
+        command = [sys.executable, "-m", "ruff"]
+    else:
+        command = [ruff]
+    done = subprocess.run([*command, "check", "--no-cache", str(ROOT)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
