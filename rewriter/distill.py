@@ -559,7 +559,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
             for param, value in zip(params, best_state):
                 param.copy_(value)
         trained = student_net.write_back(student)
-        _check_written(torch, student_net, trained, score_inputs, device)
+        _check_written(torch, student_net, trained, score_inputs)
 
     return DistillResult(
         model=trained, history=history, best_step=best_step, stopped=stopped, steps=step,
@@ -567,14 +567,17 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
         best_fidelity=best[0], device=str(device), warnings=warnings)
 
 
-def _check_written(torch: Any, module: Any, model: Model, inputs: Mapping[str, np.ndarray],
-                   device: Any) -> None:
+def _check_written(torch: Any, module: Any, model: Model,
+                   inputs: Mapping[str, np.ndarray]) -> None:
     """The written ONNX model computes what the trained module does (in onnxruntime)."""
     from rewriter.runtime import run_model
 
     feeds = {k: v[:EVAL_BATCH] for k, v in inputs.items()}
-    module.eval()
-    expected = _run(torch, module, feeds, device)
+    # On the CPU in float32: a GPU's convolutions may run in TF32 (PyTorch's default on
+    # Ampere and later), 1e-3 off float32, which would fail a correct write.
+    cpu = torch.device("cpu")
+    module.to(cpu).eval()
+    expected = _run(torch, module, feeds, cpu)
     got = run_model(model.to_onnx(infer_shapes=False), feeds)
     for name, want in expected.items():
         scale = max(float(np.abs(want).max()), 1e-12)

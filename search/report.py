@@ -16,24 +16,29 @@ The driver hands over a JSON-like dict::
     top1_agreement}]} (an architecture change), or any {key: value}         optional
 
 Both formats are rendered from the same format-neutral sections (facts, tables, charts,
-lines of text), so every number is computed and formatted once. HTML draws the charts as
-hand-made inline SVG (no external CSS, JS, fonts or images) with the chart's data in a
+lines of text), so every number is computed and formatted once. HTML draws the charts with
+matplotlib as inline SVG (no external CSS, JS, fonts or images) with the chart's data in a
 collapsed table; Markdown shows that table instead. A missing required key is a
 `ValueError` naming it; missing, unknown or malformed optional data is skipped.
-Standard library only.
+Standard library, and matplotlib for the charts (imported only when drawing one).
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["render_html", "render_markdown", "write_report"]
 
@@ -245,7 +250,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Chart:
-    """An SVG chart (HTML) and the table of its data (Markdown; collapsed in HTML)."""
+    """A chart drawn on demand as inline SVG (HTML) and the table of its data (Markdown;
+    collapsed in HTML)."""
 
     svg: Callable[[], str]
     table: Table | None
@@ -625,8 +631,8 @@ def _html_section(section: Section) -> str:
 
 
 CSS = """
-:root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--head:#f6f8fa;--accent:#2563eb;
---good:#1a7f37;--bad:#cf222e;--warm:#e8590c}
+:root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--head:#f6f8fa;
+--good:#1a7f37;--bad:#cf222e}
 *{box-sizing:border-box}
 body{margin:0;color:var(--fg);background:#fff;
 font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
@@ -645,20 +651,12 @@ dt{color:var(--muted)}dd{margin:0}
 figure{margin:.5em 0}
 details{margin:.2em 0 .6em}summary{cursor:pointer;color:var(--muted);font-size:.92em}
 svg{display:block;width:100%;height:auto}
-svg text{font:11px system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;fill:var(--muted)}
-svg .title{font-size:12px;fill:var(--fg)}
-svg .grid{stroke:#eaeef2}svg .axis{stroke:#8c959f}
-.b0{fill:#b4bec9}.b1,.fp{fill:var(--accent)}
-.step,.front{fill:none;stroke:var(--accent);stroke-width:2}
-.ref{stroke:#8c959f;stroke-width:1.2;stroke-dasharray:5 4}
-.cand{fill:#c6ccd3;fill-opacity:.7}
-.chosen{fill:var(--warm);stroke:#fff;stroke-width:2}.orig{fill:#57606a}
 @media print{main{max-width:none}details{display:none}}
 """.strip()
 
 
 def render_html(data: dict) -> str:
-    """The report as one self-contained HTML5 page with three inline SVG charts."""
+    """The report as one self-contained HTML5 page with up to three inline SVG charts."""
     sections = _sections(data)
     name = Path(str(data["model"])).name or str(data["model"])
     body = "\n".join(_html_section(section) for section in sections)
@@ -669,221 +667,177 @@ def render_html(data: dict) -> str:
         f"<body>\n<main>\n<h1>{_esc(TITLE)}</h1>\n{body}\n</main>\n</body>\n</html>\n")
 
 
-# --------------------------------------------------------------------------- SVG
+# --------------------------------------------------------------------------- charts
 
-SVG_NS = "http://www.w3.org/2000/svg"
-WIDTH = 900
+CHART_WIDTH_IN = 9.0       # inches at 72 points each; CSS scales the SVG to the page width
+BEFORE_COLOR, AFTER_COLOR, CHOSEN_COLOR = "#b4bec9", "#2563eb", "#e8590c"
+REF_COLOR, CANDIDATE_COLOR, ORIGIN_COLOR = "#8c959f", "#c6ccd3", "#57606a"
+CHART_RC: dict[str, Any] = {
+    "svg.fonttype": "none",       # text stays <text>: small, selectable, searchable
+    "text.parse_math": False,     # a "$" in a layer name is a character, not TeX
+    "text.usetex": False,
+    # Matplotlib measures text in the first; the SVG lists all of them for the browser.
+    "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
+    "font.size": 9.0,
+    "axes.titlesize": 10.0,
+    "axes.titlelocation": "left",
+    "axes.edgecolor": REF_COLOR,
+    "axes.labelcolor": "#1f2328",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "axes.formatter.useoffset": False,   # "+3.99" offsets are hard to read on flat latencies
+    "grid.color": "#eaeef2",
+    "xtick.color": "#59636e",
+    "ytick.color": "#59636e",
+    "legend.frameon": False,
+}
+# No date (same input, same bytes) and no creator (it carries a URL).
+SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
+# Matplotlib numbers its groups (figure_1, patch_2, ...) in every chart; ids must be unique
+# in the page and nothing refers to these, so they go. Ids set with set_gid have hyphens.
+# (Text in the SVG is escaped, so "<g " and "<use " only match tags.)
+_AUTO_ID = re.compile(r'<g id="[\w.]+_\d+">')
+# rc_context changes matplotlib's global rcParams: one chart at a time.
+_MATPLOTLIB_LOCK = threading.Lock()
 
-
-def _px(value: float) -> str:
-    """A coordinate, compactly."""
-    text = f"{value:.1f}"
-    return text[:-2] if text.endswith(".0") else text
-
-
-def _nice_step(span: float, count: int) -> float:
-    """A 1, 2, 2.5 or 5 times a power of ten step giving about `count` intervals."""
-    raw = span / max(count, 1)
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    return next((m * magnitude for m in (1, 2, 2.5, 5) if m * magnitude >= raw * (1 - 1e-9)),
-                10 * magnitude)
-
-
-def _fmt_tick(value: float, step: float) -> str:
-    if value == 0:
-        return "0"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if step >= scale:
-            return f"{value / scale:g}{suffix}"
-    decimals = next((d for d in range(12) if abs(round(step, d) - step) <= step * 1e-6), 12)
-    return f"{value:.{decimals}f}"
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """A linear map from the data range [lo, hi] (hi > lo) to pixels [start, end]."""
-
-    lo: float
-    hi: float
-    step: float
-    start: float
-    end: float
-
-    def __call__(self, value: float) -> float:
-        value = min(max(value, self.lo), self.hi)
-        return self.start + (value - self.lo) / (self.hi - self.lo) * (self.end - self.start)
-
-    @property
-    def ticks(self) -> list[float]:
-        count = round((self.hi - self.lo) / self.step)
-        return [round(self.lo + i * self.step, 12) for i in range(count + 1)]
-
-    def label(self, value: float) -> str:
-        return _fmt_tick(value, self.step)
+Tips = dict[str, str]    # gid of an artist -> its hover text
 
 
-def _axis(values: Iterable[float], start: float, end: float, *, zero: bool = False,
-          margin: float = 0.0, count: int = 5) -> _Axis:
-    """An axis over `values` (and 0 if `zero`), widened by `margin` of the range on both
-    sides (not below 0 for values that are not negative) and then to round ticks; an empty
-    or flat range is padded."""
-    values = list(values) or [0.0]
-    lo, hi = min(values), max(values)
-    if zero:
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi - lo <= max(abs(lo), abs(hi)) * 1e-9 or hi - lo < 1e-12:
-        pad = abs(lo) * 0.1 if abs(lo) > 1e-9 else 1.0
-    else:
-        pad = (hi - lo) * margin
-    lo, hi = (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
-    step = _nice_step(hi - lo, count)
-    lo, hi = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-    return _Axis(lo, hi, step, start, end)
+def _chart(name: str, label: str, height_in: float, draw: Callable[[Axes], Tips]) -> str:
+    """The chart that `draw` draws on fresh axes, as an inline <svg> with id "chart-<name>".
+
+    A private `Figure` (no pyplot, nothing left open); the salt keeps the SVG's ids
+    deterministic and different from the other charts' in the same page."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    rc = {**CHART_RC, "svg.hashsalt": f"rewriter-{name}"}
+    buffer = io.StringIO()
+    with _MATPLOTLIB_LOCK, rc_context(rc):
+        figure = Figure(figsize=(CHART_WIDTH_IN, height_in), layout="constrained")
+        tips = draw(figure.add_subplot())
+        figure.savefig(buffer, format="svg", metadata=SVG_METADATA)
+    return _inline_svg(buffer.getvalue(), name, label, tips)
 
 
-def _tag(name: str, content: str | None = None, **attrs: Any) -> str:
-    """An SVG element. Attribute names take "-" for "_" ("class_" is class); floats are
-    written as coordinates, strings escaped; `content` is inserted as is (escape it)."""
-    def value(v: Any) -> str:
-        return _px(v) if isinstance(v, float) else _esc(v)
+def _inline_svg(svg: str, name: str, label: str, tips: Tips) -> str:
+    """Matplotlib's SVG document as an element of an HTML page: no XML prolog or DOCTYPE,
+    SVG 2 `href` instead of the xlink namespace, an id, an accessible name, hover tooltips."""
+    svg = svg[svg.index("<svg "):].strip()
+    end = svg.index(">")
+    # The id set here, not with rcParams["svg.id"]: that needs matplotlib 3.8.
+    root = re.sub(r'\s+xmlns:xlink="[^"]*"', "", svg[:end]).replace(
+        "<svg ", f'<svg id="chart-{name}" role="img" aria-label="{_esc(label)}" ')
+    body = _AUTO_ID.sub("<g>", svg[end:]).replace("<use xlink:href=", "<use href=")
 
-    text = " ".join(f'{key.rstrip("_").replace("_", "-")}="{value(v)}"' for key, v in attrs.items())
-    return f"<{name} {text}/>" if content is None else f"<{name} {text}>{content}</{name}>"
+    def add_tip(match: re.Match[str]) -> str:
+        tip = tips.get(match[1])
+        return match[0] if tip is None else f"{match[0]}<title>{_esc(tip)}</title>"
 
-
-def _tip(text: str) -> str:
-    """A tooltip: the <title> child of an SVG element."""
-    return f"<title>{_esc(text)}</title>"
-
-
-def _svg(height: float, label: str, parts: Iterable[str]) -> str:
-    content = "\n" + "\n".join(parts) + "\n"
-    return _tag("svg", content, xmlns=SVG_NS, viewBox=f"0 0 {WIDTH} {_px(height)}", role="img",
-                aria_label=label)
+    return root + re.sub(r'<g id="([^"]+)">', add_tip, body)
 
 
-def _x_axis(axis: _Axis, top: float, bottom: float, title: str, title_y: float) -> list[str]:
-    """Vertical grid lines, tick labels under `bottom`, the axis line and its title."""
-    parts = []
-    for tick in axis.ticks:
-        x = axis(tick)
-        parts.append(_tag("line", class_="grid", x1=x, y1=top, x2=x, y2=bottom))
-        parts.append(_tag("text", axis.label(tick), x=x, y=bottom + 16.0, text_anchor="middle"))
-    parts.append(_tag("line", class_="axis", x1=axis.start, y1=bottom, x2=axis.end, y2=bottom))
-    parts.append(_tag("text", _esc(title), class_="title", x=(axis.start + axis.end) / 2,
-                      y=title_y, text_anchor="middle"))
-    return parts
-
-
-def _y_axis(axis: _Axis, left: float, right: float, title: str, title_x: float) -> list[str]:
-    """Horizontal grid lines, tick labels left of `left`, the axis line and its title."""
-    parts = []
-    for tick in axis.ticks:
-        y = axis(tick)
-        parts.append(_tag("line", class_="grid", x1=left, y1=y, x2=right, y2=y))
-        parts.append(_tag("text", axis.label(tick), x=left - 6.0, y=y, dy=".35em",
-                          text_anchor="end"))
-    parts.append(_tag("line", class_="axis", x1=left, y1=axis.start, x2=left, y2=axis.end))
-    middle = (axis.start + axis.end) / 2
-    parts.append(_tag("text", _esc(title), class_="title", x=title_x, y=middle,
-                      text_anchor="middle", transform=f"rotate(-90 {_px(title_x)} {_px(middle)})"))
-    return parts
-
-
-def _legend(entries: Sequence[tuple[str, str, str]], x: float, y: float) -> str:
-    """A row of (shape: "rect" | "dot" | "line", css class, label) entries from (x, y)."""
-    parts = []
-    for shape, css, label in entries:
-        if shape == "line":
-            parts.append(_tag("line", class_=css, x1=x, y1=y, x2=x + 16.0, y2=y))
-        elif shape == "dot":
-            parts.append(_tag("circle", class_=css, cx=x + 8.0, cy=y, r=4.5))
-        else:
-            parts.append(_tag("rect", class_=css, x=x + 2.0, y=y - 5.0, width=12, height=10))
-        parts.append(_tag("text", _esc(label), x=x + 22.0, y=y, dy=".35em"))
-        x += 34 + 6.5 * len(label)
-    return _tag("g", "".join(parts), class_="legend")
+def _legend_above(ax: Axes) -> None:
+    """The legend in one row above the plot, right-aligned (the title is on the left)."""
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles),
+              borderaxespad=0.2)
 
 
 def _svg_layers(layers: Sequence[_Layer]) -> str:
-    """Horizontal grouped bars, before and after, one row per layer."""
-    left, right, top, row, bar = 220.0, 24.0, 34.0, 22.0, 8.0
-    bottom = top + row * len(layers)
-    x = _axis([v for layer in layers for v in (layer.before, layer.after)],
-              left, WIDTH - right, zero=True)
-    parts = [_legend((("rect", "b0", "before"), ("rect", "b1", "after")), left, 14.0)]
-    parts += _x_axis(x, top, bottom, "estimated latency (ms)", bottom + 38)
-    for i, layer in enumerate(layers):
-        y = top + i * row
-        parts.append(_tag("text", _tip(layer.name) + _esc(_truncate(layer.name)),
-                          x=left - 8, y=y + row / 2, dy=".35em", text_anchor="end"))
-        for j, (css, side, value) in enumerate((("b0", "before", layer.before),
-                                                ("b1", "after", layer.after))):
-            tip = _tip(f"{layer.name} {side}: {_fmt_ms(value)} ms")
-            parts.append(_tag("rect", tip, class_=css, x=x(0), y=y + 3 + j * bar,
-                              width=x(value) - x(0), height=bar))
-    return _svg(bottom + 48, "Per-layer estimated latency before and after", parts)
+    return _chart("layers", "Per-layer estimated latency before and after",
+                  1.2 + 0.24 * len(layers), partial(_draw_layers, layers))
+
+
+def _draw_layers(layers: Sequence[_Layer], ax: Axes) -> Tips:
+    """Horizontal grouped bars, before and after, one row per layer, slowest at the top."""
+    rows = range(len(layers))
+    tips: Tips = {}
+    for side, offset, color in (("before", -0.2, BEFORE_COLOR), ("after", 0.2, AFTER_COLOR)):
+        values = [getattr(layer, side) for layer in layers]
+        bars = ax.barh([i + offset for i in rows], values, height=0.38, color=color, label=side)
+        for i, (bar, layer, value) in enumerate(zip(bars, layers, values)):
+            bar.set_gid(f"bar-{side}-{i}")
+            tips[f"bar-{side}-{i}"] = f"{layer.name} {side}: {_fmt_ms(value)} ms"
+    ax.set_yticks(list(rows), [_truncate(layer.name) for layer in layers])
+    for i, (text, layer) in enumerate(zip(ax.get_yticklabels(), layers)):
+        text.set_gid(f"layer-label-{i}")
+        tips[f"layer-label-{i}"] = layer.name
+    ax.set_ylim(len(layers) - 0.5, -0.5)        # inverted: slowest first, as in the table
+    ax.set_xlim(left=0.0)
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("estimated latency (ms)")
+    ax.set_title("Per-layer latency")
+    _legend_above(ax)
+    return tips
 
 
 def _svg_trace(points: Sequence[tuple[float, float]], before: float | None) -> str:
-    """Best latency so far as a step line over candidates evaluated."""
-    left, right, top, bottom, height = 78.0, 24.0, 34.0, 270.0, 320.0
-    x = _axis([e for e, _ in points], left, WIDTH - right, zero=True)
-    y = _axis([ms for _, ms in points] + ([before] if before is not None else []), bottom, top,
-              margin=0.04)
-    legend = [("line", "step", "best latency so far")]
-    if before is not None:
-        legend.append(("line", "ref", "before the search"))
-    parts = [_legend(legend, left, 14.0)]
-    parts += _y_axis(y, left, WIDTH - right, "best estimated latency (ms)", 18.0)
-    parts += _x_axis(x, top, bottom, "candidates evaluated", height - 6)
-    if before is not None:
-        parts.append(_tag("line", class_="ref", x1=left, y1=y(before), x2=WIDTH - right,
-                          y2=y(before)))
-    (e0, ms0), (e1, ms1) = points[0], points[-1]
-    steps = "".join(f"H{_px(x(e))}V{_px(y(ms))}" for e, ms in points[1:])
-    parts.append(_tag("path", class_="step", d=f"M{_px(x(e0))},{_px(y(ms0))}{steps}"))
-    parts.append(_tag("circle", _tip(f"{_fmt_count(e1)} evaluated: {_fmt_ms(ms1)} ms"),
-                      class_="fp", cx=x(e1), cy=y(ms1), r=3.5))
-    return _svg(height, "Best estimated latency against candidates evaluated", parts)
+    return _chart("trace", "Best estimated latency against candidates evaluated", 3.6,
+                  partial(_draw_trace, points, before))
 
 
-def _marker(point: _Point, x: _Axis, y: _Axis, css: str, label: str) -> list[str]:
-    """A highlighted, labelled point: a square for "orig", else a large dot."""
-    cx, cy = x(point.memory / MIB), y(point.latency)
-    tip = _tip(f"{label}: {_fmt_bytes(point.memory)}, {_fmt_ms(point.latency)} ms")
-    shape = (_tag("rect", tip, class_=css, x=cx - 5, y=cy - 5, width=10, height=10)
-             if css == "orig" else _tag("circle", tip, class_=css, cx=cx, cy=cy, r=7.0))
-    right = cx > WIDTH * 0.8
-    return [shape, _tag("text", _esc(label), class_="title", x=cx - 10 if right else cx + 10,
-                        y=cy - 8, text_anchor="end" if right else "start")]
+def _draw_trace(points: Sequence[tuple[float, float]], before: float | None, ax: Axes) -> Tips:
+    """Best latency so far as a step line over candidates evaluated; the latency before
+    the search as a dashed reference."""
+    evaluated, best = [e for e, _ in points], [ms for _, ms in points]
+    ax.step(evaluated, best, where="post", color=AFTER_COLOR, linewidth=2.0,
+            label="best latency so far", gid="trace-best")
+    ax.plot(evaluated[-1:], best[-1:], "o", color=AFTER_COLOR, markersize=5, gid="trace-last")
+    if before is not None:
+        ax.axhline(before, color=REF_COLOR, linewidth=1.2, linestyle=(0, (5, 4)),
+                   label="before the search", gid="trace-before")
+    ax.set_xlim(left=min(0.0, evaluated[0]))
+    ax.set_xlabel("candidates evaluated")
+    ax.set_ylabel("best estimated latency (ms)")
+    ax.set_title("Search trace")
+    _legend_above(ax)
+    tips = {"trace-last": f"{_fmt_count(evaluated[-1])} evaluated: {_fmt_ms(best[-1])} ms"}
+    if before is not None:
+        tips["trace-before"] = f"before the search: {_fmt_ms(before)} ms"
+    return tips
 
 
 def _svg_pareto(front: Sequence[_Point], candidates: Sequence[_Point],
                 origin: _Point | None) -> str:
+    return _chart("pareto", "Estimated latency against memory: candidates and Pareto front",
+                  4.2, partial(_draw_pareto, front, candidates, origin))
+
+
+def _point_tip(label: str, points: Iterable[_Point]) -> str:
+    return "; ".join(f"{label}: {_fmt_bytes(p.memory)}, {_fmt_ms(p.latency)} ms" for p in points)
+
+
+def _draw_pareto(front: Sequence[_Point], candidates: Sequence[_Point], origin: _Point | None,
+                 ax: Axes) -> Tips:
     """Candidates in grey, the Pareto front connected, the chosen and original points marked."""
-    left, right, top, bottom, height = 78.0, 24.0, 34.0, 330.0, 380.0
-    everything = [*front, *candidates, *([origin] if origin else [])]
-    x = _axis([p.memory / MIB for p in everything], left, WIDTH - right, margin=0.03)
-    y = _axis([p.latency for p in everything], bottom, top, margin=0.04)
-    legend = [("dot", "cand", "candidates"), ("dot", "fp", "Pareto front"),
-              ("dot", "chosen", "chosen"), ("rect", "orig", "original")]
-    parts = [_legend(legend, left, 14.0)]
-    parts += _y_axis(y, left, WIDTH - right, "estimated latency (ms)", 18.0)
-    parts += _x_axis(x, top, bottom, "memory: parameters + peak activations (MiB)", height - 6)
-    parts += [_tag("circle", class_="cand", cx=x(p.memory / MIB), cy=y(p.latency), r=2.2)
-              for p in candidates]
-    if len(front) > 1:
-        coords = " ".join(f"{_px(x(p.memory / MIB))},{_px(y(p.latency))}" for p in front)
-        parts.append(_tag("polyline", class_="front", points=coords))
-    parts += [_tag("circle", _tip(f"{_fmt_bytes(p.memory)}, {_fmt_ms(p.latency)} ms"),
-                   class_="fp", cx=x(p.memory / MIB), cy=y(p.latency), r=3.5) for p in front]
+    def xy(points: Sequence[_Point]) -> tuple[list[float], list[float]]:
+        return [p.memory / MIB for p in points], [p.latency for p in points]
+
+    tips: Tips = {}
+    if candidates:
+        ax.scatter(*xy(candidates), s=7, color=CANDIDATE_COLOR, alpha=0.7, linewidths=0,
+                   label="candidates", gid="pareto-candidates", zorder=1)
+    if front:
+        ax.plot(*xy(front), "-o", color=AFTER_COLOR, linewidth=2.0, markersize=4,
+                label="Pareto front", gid="pareto-front", zorder=2)
+    chosen = [p for p in front if p.chosen]
+    if chosen:
+        ax.plot(*xy(chosen), "o", color=CHOSEN_COLOR, markeredgecolor="white",
+                markeredgewidth=2.0, markersize=12, label="chosen", gid="pareto-chosen", zorder=4)
+        tips["pareto-chosen"] = _point_tip("chosen", chosen)
     if origin is not None:
-        parts += _marker(origin, x, y, "orig", "original")
-    for point in front:
-        if point.chosen:
-            parts += _marker(point, x, y, "chosen", "chosen")
-    return _svg(height, "Estimated latency against memory: candidates and Pareto front", parts)
+        ax.plot(*xy([origin]), "s", color=ORIGIN_COLOR, markersize=8, label="original",
+                gid="pareto-original", zorder=3)
+        tips["pareto-original"] = _point_tip("original", [origin])
+    ax.set_xlabel("memory: parameters + peak activations (MiB)")
+    ax.set_ylabel("estimated latency (ms)")
+    ax.set_title("Latency against memory")
+    _legend_above(ax)
+    return tips
 
 
 # --------------------------------------------------------------------------- files

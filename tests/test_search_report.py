@@ -6,6 +6,7 @@ import copy
 import math
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 
 import pytest
@@ -82,24 +83,71 @@ def check_tags(page: str) -> dict[str, int]:
     return checker.counts
 
 
+def chart(page: str, name: str) -> str:
+    """The inline <svg> with id "chart-<name>" (the whole element)."""
+    match = re.search(rf'<svg [^>]*id="chart-{name}".*?</svg>', page, re.S)
+    assert match, f"no {name} chart"
+    return match[0]
+
+
+def chart_names(page: str) -> list[str]:
+    return re.findall(r'<svg [^>]*id="chart-([\w-]+)"', page)
+
+
+def group(svg: str, gid: str) -> str:
+    """The content of `<g id="gid">`, nested groups included."""
+    start = svg.index(f'<g id="{gid}">') + len(f'<g id="{gid}">')
+    depth = 1
+    for tag in re.finditer(r"<g\b[^>]*?(/?)>|</g>", svg[start:]):
+        if tag[0] == "</g>":
+            depth -= 1
+        elif not tag[1]:
+            depth += 1
+        if depth == 0:
+            return svg[start:start + tag.start()]
+    raise AssertionError(f"<g id={gid!r}> is not closed")
+
+
+def bar_width(svg: str, gid: str) -> float:
+    """The horizontal extent of the path drawn in `<g id="gid">`."""
+    xs = [float(x) for x in re.findall(r"[ML] (-?[\d.]+) ", group(svg, gid))]
+    return max(xs) - min(xs)
+
+
 def test_html_is_self_contained_escaped_and_balanced():
     page = render_html(make_data())
     assert page.startswith("<!DOCTYPE html>")
     assert '<meta charset="utf-8">' in page and "<style>" in page
     assert "models/a&lt;b&gt;&amp;&quot;c&quot;.onnx" in page
     assert "a<b>" not in page and "x < y" not in page
-    assert page.count("<svg") == 3
+    assert page.count("<svg") == 3 and chart_names(page) == ["layers", "trace", "pareto"]
+    assert "<?xml" not in page and "<!DOCTYPE svg" not in page and "xlink" not in page
     assert set(re.findall(r"https?://[^\s\"'<>]+", page)) <= {"http://www.w3.org/2000/svg"}
     assert "<script" not in page and "<link" not in page and "<img" not in page
-    assert "url(" not in page and "@import" not in page
+    assert not re.search(r"url\((?!#)", page) and "@import" not in page
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "ids repeat across the inline charts"
+    references = re.findall(r'url\(#([^)]+)\)', page) + re.findall(r'href="#([^"]+)"', page)
+    assert references and set(references) <= set(ids)
     counts = check_tags(page)
     assert counts["svg"] == 3
     assert not re.search(r'="[^"]*(?:nan|inf)', page)
 
 
+def test_html_is_deterministic_and_thread_safe():
+    data = make_data(layers=5, trace=5, front=3, candidates=20)
+    first = render_html(copy.deepcopy(data))
+    assert render_html(copy.deepcopy(data)) == first
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(lambda _: render_html(copy.deepcopy(data)), range(4))) == {first}
+    data["layers"][0]["after_ms"] = 5.0
+    assert chart(render_html(data), "layers") != chart(first, "layers")
+
+
 def test_markdown_has_before_after_table_and_rewrites_by_gain():
     text = render_markdown(make_data())
     assert text.startswith("# rewriter optimize report\n")
+    assert "<svg" not in text and "<path" not in text and "chart-" not in text
     assert "| Metric | Before | After | Change |" in text
     assert "| Estimated latency (ms) | 4.0000 | 3.2500 | -18.8% |" in text
     assert "| Parameters | 5.00 MiB | 6.00 MiB | +20.0% |" in text
@@ -131,20 +179,63 @@ def test_markdown_table_cells_cannot_break_the_table():
 
 def test_layers_are_limited_to_the_slowest_40():
     data = make_data(layers=45)
-    data["layers"][44]["name"] = "x" * 80
-    data["layers"][44]["before_ms"] = 9.0
+    slowest = data["layers"][44]
+    slowest.update(name="x" * 80, before_ms=9.0)
     page, text = render_html(data), render_markdown(data)
     assert "5 more layers left out" in page and "5 more layers left out" in text
-    layer_svg = page[page.index("<svg"):page.index("</svg>")]
-    assert layer_svg.count('class="b1"') == 40 + 1    # + the legend swatch
-    assert f"<title>{'x' * 80}</title>" in layer_svg and "…" in layer_svg
+    svg = chart(page, "layers")
+    for side in ("before", "after"):
+        bars = re.findall(rf'<g id="bar-{side}-(\d+)">', svg)
+        assert sorted(map(int, bars)) == list(range(40))
+        assert all(group(svg, f"bar-{side}-{i}").count("<path") == 1 for i in bars)
+    # bars are drawn to one scale: the slowest layer's two bars are in its latencies' ratio
+    ratio = bar_width(svg, "bar-after-0") / bar_width(svg, "bar-before-0")
+    assert ratio == pytest.approx(slowest["after_ms"] / 9.0, rel=1e-3)
+    label = group(svg, "layer-label-0")
+    assert f"<title>{'x' * 80}</title>" in label and f">{'x' * 9}…{'x' * 20}</text>" in label
     assert text.index("x" * 80) < text.index("/backbone/")   # slowest first
+
+
+def test_hostile_layer_names_are_escaped_in_the_chart():
+    data = make_data(layers=3)
+    data["layers"][0].update(name='<i>&"$\\frac{$', before_ms=2.0)
+    data["layers"][1].update(name="</title><script>alert(1)</script>", before_ms=1.0)
+    page = render_html(data)
+    svg = chart(page, "layers")
+    check_tags(page)
+    assert "<script" not in page and "<i>" not in page
+    assert '>&lt;i&gt;&amp;"$\\frac{$</text>' in svg     # shown as typed, not as TeX
+    assert "<title>&lt;i&gt;&amp;&quot;$\\frac{$</title>" in svg
+    assert "<title>&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt;</title>" in svg
+
+
+def test_trace_chart_marks_the_last_point_and_the_start():
+    page = render_html(make_data(trace=50))
+    svg = chart(page, "trace")
+    best = make_data(trace=50)["trace"][-1]["best_latency_ms"]
+    assert f"<title>2,000 evaluated: {best:.4f} ms</title>" in group(svg, "trace-last")
+    assert "<title>before the search: 4.0000 ms</title>" in group(svg, "trace-before")
+    assert "<path" in group(svg, "trace-best")
 
 
 def test_candidates_are_subsampled_for_the_chart():
     page = render_html(make_data(candidates=5000))
-    assert page.count('class="cand"') == 2000 + 1       # + the legend swatch
+    assert group(chart(page, "pareto"), "pareto-candidates").count("<use ") == 2000
     assert "2000 sampled for the chart" in page
+    page = render_html(make_data(candidates=500))
+    assert group(chart(page, "pareto"), "pareto-candidates").count("<use ") == 500
+
+
+def test_pareto_chart_marks_the_front_the_chosen_and_the_original():
+    data = make_data(front=5)
+    svg = chart(render_html(data), "pareto")
+    assert group(svg, "pareto-front").count("<use ") == 5
+    assert "<title>chosen: 6.00 MiB, 2.6000 ms</title>" in group(svg, "pareto-chosen")
+    assert "<title>original: 5.76 MiB, 4.0000 ms</title>" in group(svg, "pareto-original")
+    for point in data["pareto"]:
+        point["chosen"] = False
+    svg = chart(render_html(data), "pareto")
+    assert 'id="pareto-chosen"' not in svg and ">chosen</text>" not in svg
 
 
 def degenerate_cases() -> dict[str, dict]:
@@ -182,6 +273,12 @@ def degenerate_cases() -> dict[str, dict]:
     }
 
 
+ALL_CHARTS = ["layers", "trace", "pareto"]
+CHARTS = {"no trace": ["layers", "pareto"], "single pareto point": ALL_CHARTS,
+          "all equal": ALL_CHARTS, "empty rewrites": ALL_CHARTS, "zero latencies": ALL_CHARTS,
+          "extreme values": ALL_CHARTS, "only required": [], "malformed optional": ["layers"]}
+
+
 @pytest.mark.parametrize("name", list(degenerate_cases()))
 def test_degenerate_inputs_render(name):
     data = degenerate_cases()[name]
@@ -189,13 +286,13 @@ def test_degenerate_inputs_render(name):
     check_tags(page)
     assert not re.search(r'="[^"]*(?:nan|inf)', page)
     assert "rewriter optimize report" in text
+    assert page.count("<svg") == len(chart_names(page))
+    assert chart_names(page) == CHARTS[name]
     if name == "no trace":
-        assert page.count("<svg") == 2 and "## Search trace" not in text
+        assert "## Search trace" not in text
     if name == "empty rewrites":
         assert "no rewrite lowered the estimated latency" in page
         assert "no rewrite lowered the estimated latency" in text
-    if name == "only required":
-        assert page.count("<svg") == 0
     if name == "malformed optional":
         assert "| r2 | 0.93 |" in text and "one line" in page
 
