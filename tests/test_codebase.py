@@ -5,6 +5,7 @@ CLI and the package's lazy top-level names)."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,21 @@ def test_ruff_is_clean():
     done = subprocess.run([*command, "check", "--no-cache", str(ROOT)], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _local_links(path: Path) -> list[str]:
+    links = re.findall(r"\]\(([^)\s]+)\)", path.read_text())
+    return [link.split("#")[0] for link in links
+            if not link.startswith(("http://", "https://", "mailto:", "#"))]
+
+
+def test_the_readme_is_a_page_not_a_notebook():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_every_local_link_in_the_docs_resolves():
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md",
+             *(ROOT / "docs").glob("*.md")]
+    broken = [f"{page.relative_to(ROOT)}: {link}" for page in pages
+              for link in _local_links(page) if not (page.parent / link).exists()]
+    assert broken == []
