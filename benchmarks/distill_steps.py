@@ -1,0 +1,95 @@
+"""Fidelity after a fixed number of distillation steps, per learning rate and batch.
+
+The search's recovery budget is wall time, so what a run reaches depends on the machine;
+step-matched runs separate the method from the machine. PaddleOCR's text-direction
+classifier (rapidocr wheel) on edge-tpu-zz, with its largest fused-IBN sites applied
+(`--changes top8`: the 8 largest of 11, -51% estimated latency; `all`: all 11, -58%):
+refit, then distilled for `--steps` optimiser steps at each `--lr` (and `--batch`), each
+run from the same refitted student. Data as in benchmarks/recovery.py: calibration 3,000
+text lines of layouts a and b (a quarter of the sources held out for early stopping),
+--eval-data 2,000 lines of other seeds (the figure the search's floor is judged on), and
+400 lines of layout c never seen (independent). Uses CUDA when PyTorch sees it.
+
+    python benchmarks/distill_steps.py                       # 2000 steps at lr 3e-4, 1e-4, 1e-3
+    python benchmarks/distill_steps.py --steps 200 --lr 1e-4 # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from text_lines import write_lines  # noqa: E402
+
+from rewriter.cost.estimate import Target  # noqa: E402
+from rewriter.data import Preprocess, load_samples  # noqa: E402
+from rewriter.distill import distill  # noqa: E402
+from rewriter.fidelity import measure_fidelity  # noqa: E402
+from rewriter.graph_io import load_model  # noqa: E402
+from rewriter.reconstruct import refit  # noqa: E402
+from rewriter.recovery import BATCH, evaluate, prepare_data  # noqa: E402
+from rewriter.samples import SHAPES, rapidocr_models  # noqa: E402
+from rewriter.search.space import SearchSpace  # noqa: E402
+from rewriter.staged import collect  # noqa: E402
+from rewriter.tables import table  # noqa: E402
+
+PREPROCESS = "size=48x192,mean=0.5,std=0.5,crop=1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", choices=["top8", "all"], default="top8")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", default="3e-4,1e-4,1e-3", help="comma-separated")
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    original = load_model(rapidocr_models(("cls",))["cls"], SHAPES["cls"])
+    target = Target.load("edge-tpu-zz")
+    space = SearchSpace(original, target, architecture=True)
+    fused = [i for i, g in enumerate(space.genes) if g.pass_name == "fuse-ibn"]
+    # the sites in graph order; the first three are the smallest gains (early, thin blocks)
+    genes = fused[3:] if args.changes == "top8" else fused
+    student = space._apply(space.canonical, set(genes), exact=False)
+    before_ms, after_ms = target.estimate(original).latency_ms, target.estimate(student).latency_ms
+    preprocess = Preprocess.parse(PREPROCESS)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed, layout in ((0, "a"), (1, "b")):
+            write_lines(work / "calibration", 1500, seed=seed, layout=layout)
+        for seed, layout in ((3, "a"), (4, "b")):
+            write_lines(work / "evaluation", 1000, seed=seed, layout=layout)
+        write_lines(work / "independent", 400, seed=2, layout="c")
+        data = prepare_data(original, work / "calibration", work / "evaluation", preprocess)
+        independent = load_samples(work / "independent", original, preprocess)
+    reference = collect(original, data.eval.batches(BATCH))
+
+    def row(label: str, model, seconds: float, device: str = "-") -> list[str]:
+        held = evaluate(original, model, data, reference)
+        other = measure_fidelity(original, model, independent.batches(BATCH))
+        return [label, f"{held.value('top1'):.4f} ({held.samples})",
+                f"{other.value('top1'):.4f} ({other.samples})", device, f"{seconds:.0f}"]
+
+    start = time.perf_counter()
+    student = refit(original, student, data.fit.batches(BATCH))
+    rows = [row("refit", student, time.perf_counter() - start)]
+    for lr in (float(x) for x in args.lr.split(",")):
+        start = time.perf_counter()
+        result = distill(original, student, data.fit.inputs, data.val.inputs,
+                         steps=args.steps, lr=lr, batch=args.batch, seed=0)
+        rows.append(row(f"{result.steps} steps, lr {lr:g}, batch {args.batch} (best at "
+                        f"{result.best_step})", result.model, time.perf_counter() - start,
+                        result.device))
+    print(f"PP-OCR cls, {len(genes)} fused IBNs, edge-tpu-zz "
+          f"{100 * (after_ms - before_ms) / before_ms:+.1f}% (top-1 agreement with the "
+          "original; samples in brackets)")
+    print(table(["student", "eval (layouts a, b)", "independent (layout c)", "device", "s"],
+                rows))
+
+
+if __name__ == "__main__":
+    main()
