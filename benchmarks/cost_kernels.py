@@ -28,7 +28,7 @@ from collections import defaultdict
 import numpy as np
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import read_csv
+from rewriter.cost.measurements import read_csv
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.retime import retimable
 from rewriter.cost.validate import (

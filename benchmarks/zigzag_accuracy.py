@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import read_csv
+from rewriter.cost.measurements import read_csv
 from rewriter.cost.validate import paddleocr_cases, validate_by, validate_gains, zoo_cases
 from rewriter.cost.zigzag_models import simulate_kernels_ms, simulated_spec, target_accelerator
 from rewriter.graph_io import Model

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
-from rewriter.cost.measure import Measurement, read_csv
+from rewriter.cost.measurements import Measurement, read_csv
 from rewriter.cost.opspec import (
     FEATURE_NAMES,
     INT_FIELDS,

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import Measurement, device_name, measure_specs, read_csv
+from rewriter.cost.measure import device_name, measure_specs
+from rewriter.cost.measurements import Measurement, read_csv
 from rewriter.cost.profile import ProfileError
 
 MIN_MS = 0.02  # ops the profiler's 1 us resolution times within 5 %

@@ -27,13 +27,9 @@ from tqdm import tqdm
 
 from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Part
-from rewriter.cost.measure import (
-    Measurement,
-    MeasurementError,
-    measure_specs,
-    one_op_model,
-    session_wall_time,
-)
+from rewriter.cost.measure import measure_specs, session_wall_time
+from rewriter.cost.measurements import Measurement, MeasurementError
+from rewriter.cost.one_op import one_op_model
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.regression import spearman
 from rewriter.cost.retime import SpeedCheck, machine_speed, retimable

@@ -12,18 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import shape_inference
 
-from rewriter.cost.measure import (
-    COLUMNS,
-    MAX_MACS,
-    Measurement,
-    MeasurementError,
-    measure_specs,
-    one_op_model,
-    read_csv,
-    sample_specs,
-    write_csv,
-)
+from rewriter.cost.measure import measure_specs
+from rewriter.cost.measurements import COLUMNS, Measurement, MeasurementError, read_csv, write_csv
+from rewriter.cost.one_op import one_op_model
 from rewriter.cost.opspec import KINDS, OpSpec
+from rewriter.cost.sampling import MAX_MACS, sample_specs
 
 conv = OpSpec.conv2d
 
@@ -192,7 +185,7 @@ def test_oblong_sample_space_has_batched_gemms_and_non_square_maps():
 def test_resize_taps_pick_the_mode_and_upsampling_reads_a_blocked_tensor(taps, mode):
     """An upsampling Resize is built behind a 1x1 helper conv (so onnxruntime runs it in the
     blocked layout it has inside a CNN); time_model leaves the helper out."""
-    from rewriter.cost.measure import LAYOUT_HELPER
+    from rewriter.cost.one_op import LAYOUT_HELPER
     from rewriter.cost.opspec import vector_ops
 
     up = OpSpec("resize", cin=24, cout=24, h_in=7, w_in=9, h_out=14, w_out=18, kh=taps, kw=taps)
@@ -258,7 +251,8 @@ def test_head_sample_space_draws_class_maps_upsampled_to_the_image():
 def test_reorders_and_unblocked_resizes_are_timed_as_onnxruntime_runs_them():
     """A conversion is timed on the Reorder node onnxruntime inserts around a helper conv;
     a resize with layout "nchw" is built without the helper, so it runs unblocked."""
-    from rewriter.cost.measure import LAYOUT_HELPER, reorder_op, time_model
+    from rewriter.cost.measure import reorder_op, time_model
+    from rewriter.cost.one_op import LAYOUT_HELPER
 
     out = OpSpec("reorder", cin=24, cout=24, h_in=20, w_in=20, h_out=20, w_out=20,
                  layout="nchw")

@@ -12,7 +12,7 @@ from rewriter import zoo
 from rewriter.cli import main
 from rewriter.cost.estimate import Target, estimate
 from rewriter.cost.kernels import decompose, normalise_act
-from rewriter.cost.measure import read_csv
+from rewriter.cost.measurements import read_csv
 from rewriter.cost.memory import check_model_budget, parse_bytes
 from rewriter.errors import BadInputError
 from rewriter.graph_io import model_from_proto

@@ -12,7 +12,7 @@ import pytest
 
 from rewriter.cost.analytic import estimate_op
 from rewriter.cost.latency import op_latency_s, regression_for
-from rewriter.cost.measure import read_csv, sample_specs
+from rewriter.cost.measurements import read_csv
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import load_profile
 from rewriter.cost.regression import (
@@ -21,6 +21,7 @@ from rewriter.cost.regression import (
     RegressionEstimator,
     spearman,
 )
+from rewriter.cost.sampling import sample_specs
 
 FAST = {"n_estimators": 40, "min_rows_per_kind": 30}
 

@@ -9,7 +9,8 @@ import pytest
 
 from rewriter.cli import main
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import Measurement, device_name, measure_specs, write_csv
+from rewriter.cost.measure import device_name, measure_specs
+from rewriter.cost.measurements import Measurement, write_csv
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.profile import ProfileError
 from rewriter.cost.retime import MIN_MS, machine_speed

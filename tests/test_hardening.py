@@ -299,7 +299,7 @@ def test_overwritten_files_keep_their_mode(tmp_path, model, umask):
 
 
 def test_report_csv_and_estimator_files_get_the_umask_mode(tmp_path, umask):
-    from rewriter.cost.measure import read_csv, write_csv
+    from rewriter.cost.measurements import read_csv, write_csv
     from rewriter.cost.profile import DATA_DIR
     from rewriter.cost.regression import RegressionEstimator
     from rewriter.search.report import _write_atomic
@@ -315,7 +315,7 @@ def test_report_csv_and_estimator_files_get_the_umask_mode(tmp_path, umask):
 
 
 def test_writers_do_not_follow_a_planted_temporary_symlink(tmp_path):
-    from rewriter.cost.measure import read_csv, write_csv
+    from rewriter.cost.measurements import read_csv, write_csv
     from rewriter.cost.profile import DATA_DIR
     from rewriter.cost.regression import RegressionEstimator
 
