@@ -38,11 +38,16 @@ def _fitted(measurements: Path, mtime_ns: int, array: tuple[tuple[str, int], ...
 
 
 def regression_for(profile: HardwareProfile):
-    """The (cached) `RegressionEstimator` of a measured profile."""
+    """The (cached) `RegressionEstimator` of a measured profile, or its `CorrectedEstimator`
+    when the profile names a prior."""
     from rewriter.cost.regression import RegressionEstimator, array_hyperparameters
 
     if profile.kind != "measured" or profile.measurements is None:
         return RegressionEstimator.from_profile(profile)  # raises ProfileError
+    if profile.prior is not None:  # another target's op model, corrected (cost.fewshot)
+        from rewriter.cost.fewshot import corrected_for
+
+        return corrected_for(profile)
     path = profile.measurements.resolve()
     array = tuple(sorted(array_hyperparameters(profile).items()))
     return _fitted(path, path.stat().st_mtime_ns, array)

@@ -45,6 +45,10 @@ A profile is found by name among the built-ins in ``cost/profiles/`` (``npu-p32`
                                    run), so no kernel beats its weight bytes over the rate at
                                    which the measured gemms whose weights exceed
                                    onchip_memory_bytes (the core's private cache) ran
+    prior                          "measured" only, optional: a target (built-in name, or a
+                                   profile path relative to this profile's folder) whose op
+                                   model the measurements correct (cost.fewshot); it may not
+                                   have a prior itself
 
 Every problem raises `ProfileError` with one line naming the file and the key.
 """
@@ -79,7 +83,7 @@ _MEASURED: dict[str, tuple[type, str]] = {"measurements": (str, ""), "estimator"
 _MEASURED_OPTIONAL: dict[str, tuple[type, str]] = {
     "blocked_layout": (bool, ""), "free_kinds": (list, "kinds"), "accelerator": (str, "name"),
     "parallelism_ox": (int, "pos"), "parallelism_oy": (int, "pos"), "floor_at_peak": (bool, ""),
-    "stream_weights": (bool, ""),
+    "stream_weights": (bool, ""), "prior": (str, "name"),
 }
 # Every number is bounded, so that no estimate can overflow to inf or lose all precision
 # (a bandwidth of 1e-320 bytes/s made every latency infinite): key (last part) -> (lo, hi).
@@ -152,6 +156,9 @@ class HardwareProfile:
     # "measured" only: kernels read their weights at the streaming rate of the measured
     # gemms too large for onchip memory (cost.estimate.streaming_bandwidth).
     stream_weights: bool = False
+    # "measured" only: the target whose op model the measurements correct (cost.fewshot): a
+    # built-in name, or the path of a profile.
+    prior: str | None = None
 
     def op(self, kind: str) -> OpParams:
         if kind not in self.ops and kind in _OPTIONAL_OPS:
@@ -243,6 +250,19 @@ def _measurements_path(path: Path, rel: str) -> Path:
                        f"or in {DATA_DIR}")
 
 
+def _prior(path: Path, text: str) -> str:
+    """A prior as a built-in name, or the path of a profile beside this one (or absolute)."""
+    if "/" not in text and "\\" not in text and (PROFILE_DIR / f"{text}.toml").is_file():
+        return text
+    candidate = path.parent / text
+    if not candidate.is_file():
+        raise ProfileError(f"{path}: prior: {text!r} is neither a built-in profile "
+                           f"({', '.join(builtin_profiles())}) nor a file next to this one")
+    if candidate.resolve() == path.resolve():
+        raise ProfileError(f"{path}: prior: a profile cannot be its own prior")
+    return str(candidate)
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """Load a built-in profile by name, or a TOML profile from a path; validate strictly."""
     path = _resolve(name_or_path)
@@ -294,6 +314,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             raise ProfileError(f"{path}: estimator: expected one of {', '.join(ESTIMATORS)}, "
                                f"got {top['estimator']!r}")
         measurements = _measurements_path(path, top.pop("measurements"))
+        if "prior" in top:
+            top["prior"] = _prior(path, top["prior"])
         if top.get("floor_at_peak") and top["macs_per_cycle"] != array:
             raise ProfileError(f"{path}: macs_per_cycle: floor_at_peak needs it to equal "
                                f"parallelism_in * parallelism_out * parallelism_ox * "
