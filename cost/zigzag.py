@@ -23,14 +23,14 @@ returns milliseconds at ``clock_hz`` (1 ms = clock_hz / 1e3 cycles).
 Cache: cycles are stored per accelerator in ``cache_dir/zigzag-VERSION-ACCELERATOR.json``
 (default ``~/.cache/rewriter/zigzag/``), a JSON object keyed by `cache_key` (the spec's
 signature without its layout, which a MAC layer on ZigZag does not have: the keys caches
-had before OpSpec gained one), rewritten atomically after each new result, so no spec is ever
-simulated twice. One
-conv layer takes about 1-6 s to simulate; uncached specs run in a process pool.
+had before OpSpec gained one), rewritten atomically (`rewriter.atomic`) after each new
+result as it arrives, so no spec is ever simulated twice, even after an interrupted run. One
+conv layer takes about 1-6 s to simulate; uncached specs run through a `rewriter.parallel`
+executor: a local process pool by default, or the one given (Ray, say).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -38,14 +38,16 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
 from tqdm import tqdm
 
+from rewriter.atomic import atomic_write_text
 from rewriter.cost.measure import Measurement, one_op_model
 from rewriter.cost.opspec import MAC_KINDS, OpSpec
+from rewriter.parallel import Executor, make_executor
 
 SUPPORTED_KINDS = MAC_KINDS
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "rewriter" / "zigzag"
@@ -166,26 +168,7 @@ def _write_cache(path: Path, cycles: dict[str, float]) -> None:
     """Merge `cycles` into the file at `path` (atomically replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     merged = {**_read_cache(path), **cycles}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(merged, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _run(jobs: Sequence[tuple[OpSpec, str]], workers: int,
-         on_result: Callable[[OpSpec, float], None]) -> None:
-    if workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            on_result(job[0], _spec_cycles(job))
-        return
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_spec_cycles, job): job[0] for job in jobs}
-        for future in concurrent.futures.as_completed(futures):
-            on_result(futures[future], future.result())
+    atomic_write_text(path, json.dumps(merged, indent=0, sort_keys=True))
 
 
 def cache_key(spec: OpSpec) -> str:
@@ -196,9 +179,12 @@ def cache_key(spec: OpSpec) -> str:
 
 def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float = 1e9,
                    cache_dir: Path | None = None, workers: int | None = None,
-                   progress: bool = True) -> list[Measurement]:
+                   progress: bool = True,
+                   executor: Executor | None = None) -> list[Measurement]:
     """Simulated latency (ms at `clock_hz`) of each spec on `accelerator`, in order.
 
+    Uncached specs run on `executor`, or else on a local pool of `workers` processes
+    (default: the cores; 1: in this process); each result enters the cache as it arrives.
     Raises `ZigZagError` if ZigZag is missing, the accelerator is unknown, or a spec's
     kind is not in `SUPPORTED_KINDS` (checked before any simulation).
     """
@@ -215,13 +201,19 @@ def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float
         bar = tqdm(total=len(todo), desc=f"zigzag {accelerator}", unit="op",
                    disable=not progress)
 
-        def on_result(spec: OpSpec, value: float) -> None:
-            cycles[cache_key(spec)] = value
-            _write_cache(path, {cache_key(spec): value})
+        def on_result(index: int, value: float) -> None:
+            key = cache_key(todo[index])
+            cycles[key] = value
+            _write_cache(path, {key: value})
             bar.update()
 
+        jobs = [(s, accelerator) for s in todo]
         with bar:
-            _run([(s, accelerator) for s in todo], workers or os.cpu_count() or 1, on_result)
+            if executor is not None:
+                executor.map(_spec_cycles, jobs, on_result)
+            else:
+                with make_executor(workers) as local:
+                    local.map(_spec_cycles, jobs, on_result)
     device = f"zigzag-{zigzag_version()} {accelerator}"
     return [Measurement(s, cycles[cache_key(s)] / (clock_hz / 1e3), device=device,
                         threads=0, repeats=1)

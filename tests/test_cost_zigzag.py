@@ -87,3 +87,36 @@ def test_a_layer_that_fits_the_array_in_one_step_is_simulated(tmp_path: Path) ->
     (row,) = zz.measure_zigzag([squeeze], "tpu_like", cache_dir=tmp_path, workers=1,
                                progress=False)
     assert 0 < row.latency_ms < 1e-3  # some 65 cycles
+
+
+def test_a_process_pool_simulates_what_one_process_does(measured, tmp_path: Path) -> None:
+    from rewriter.parallel import ProcessExecutor
+
+    _, _, serial = measured
+    pooled = zz.measure_zigzag([CONV, DW], "edge_tpu_like", cache_dir=tmp_path,
+                               executor=ProcessExecutor(2), progress=False)
+    assert pooled == serial
+
+
+def test_each_result_is_cached_as_it_arrives(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # an interrupted batch keeps what it simulated: the cache file grows result by result
+    from rewriter.parallel import SerialExecutor
+
+    cycles = {zz.cache_key(CONV): 1000.0, zz.cache_key(DW): 250.0}
+    monkeypatch.setattr(zz, "_spec_cycles", lambda job: cycles[zz.cache_key(job[0])])
+    seen: list[set[str]] = []
+
+    class Snooping(SerialExecutor):
+        def map(self, fn, items, on_result=None):
+            def after(index, result):
+                on_result(index, result)
+                (cache,) = tmp_path.iterdir()
+                seen.append(set(json.loads(cache.read_text())))
+
+            return super().map(fn, items, after)
+
+    rows = zz.measure_zigzag([DW, CONV], "edge_tpu_like", cache_dir=tmp_path,
+                             executor=Snooping(), progress=False)
+    assert seen == [{zz.cache_key(DW)}, {zz.cache_key(DW), zz.cache_key(CONV)}]
+    assert [r.latency_ms for r in rows] == [250.0 / 1e6, 1000.0 / 1e6]
