@@ -286,6 +286,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="PATH", help="write an HTML/Markdown report")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("optimize-many", help="optimize many models for one or more targets "
+                                             "in parallel; one summary table",
+                       epilog="exit codes: 0 every model x target optimized; "
+                              f"{OPTIMIZE_MANY_FAILED} some failed (each row says why; the "
+                              "others were written); 2 bad options, before any work")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="ONNX files, or folders (their *.onnx)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3xHxW",
+                   help="fix an input's dims in every model (where H or W are dynamic); "
+                        "repeatable")
+    p.add_argument("--target", required=True, metavar="NAME[,NAME]",
+                   help="built-in profiles or profile TOMLs, comma-separated")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="writes OUTDIR/<model>.<target>.onnx, summary.md and summary.json")
+    p.add_argument("--strategy", default="greedy", help="greedy (default), evolution or random")
+    p.add_argument("--budget", metavar="N|Ns",
+                   help="candidates (500) or seconds (30s; a time budget makes results "
+                        "depend on the machine's load)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--max-params", metavar="BYTES", help="parameter budget, e.g. 4M")
+    p.add_argument("--max-activations", metavar="BYTES", help="peak activation budget, e.g. 2M")
+    p.add_argument("--workers", type=_POSITIVE_INT, metavar="N",
+                   help="processes of the local pool (default: the cores; 1: serial), or "
+                        "the CPUs of --ray local. Latency here is estimated, not timed; "
+                        "onnxruntime timings (cost measure) always run serially, since "
+                        "co-scheduled runs disturb each other's timings")
+    p.add_argument("--ray", metavar="auto|ADDRESS|local",
+                   help="run on Ray (pip install 'rewriter[ray]'): auto (the cluster of "
+                        "`ray start` on this machine), HEAD:6379, or local (a private "
+                        "instance for this run)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     cost = sub.add_parser("cost", help="measure ops, fit and validate latency estimators")
     cost_sub = cost.add_subparsers(dest="cost_command", required=True, parser_class=_Parser)
     p = cost_sub.add_parser("measure", help="time sampled one-op models in onnxruntime -> CSV")
@@ -347,6 +379,65 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured targets of this machine: after the models, time N of the "
                         "target's own ops again and scale its estimates by how fast they run "
                         "now (the machine's speed drifts; default 0: as fitted)")
+    p.add_argument("--json", action="store_true")
+
+    p = cost_sub.add_parser("kit", help="write a folder of small ONNX models to time on any "
+                                        "device (a measurement kit)")
+    p.add_argument("-o", "--output", required=True, metavar="KIT/",
+                   help="the kit folder (new or empty)")
+    p.add_argument("--models", metavar="M.onnx,M.onnx",
+                   help="time these models' kernels and their candidate rewrites' first, then "
+                        "their neighbours")
+    p.add_argument("--input-shape", action="append", metavar="NAME=1x3xHxW",
+                   help="fix an input's dims of the --models (repeatable)")
+    p.add_argument("-n", type=_number(int, low=0, high=100_000), default=500,
+                   help="one-op models from the models, their neighbours and the spaces "
+                        "(default 500; the rewrite pairs, blocks and baselines come on top)")
+    p.add_argument("--space", default="default", metavar="SPACE[,SPACE]",
+                   help="sampling spaces of `cost measure` to draw the rest from (default "
+                        "default)")
+    p.add_argument("--like", metavar="NAME|PATH",
+                   help="order the models' kernels by their estimate on this target, and "
+                        "sample channels around its parallelism")
+    p.add_argument("--parallelism", type=_POSITIVE_INT, metavar="P",
+                   help="channel counts are sampled around multiples of P (default: "
+                        "--like's, else 32)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p = cost_sub.add_parser("run-kit", help="time a kit's models in onnxruntime on an "
+                                            "execution provider -> id,latency_ms CSV")
+    p.add_argument("kit", metavar="KIT/")
+    p.add_argument("--provider", default="CPUExecutionProvider",
+                   help="onnxruntime execution provider (default CPUExecutionProvider; "
+                        "CUDAExecutionProvider, TensorrtExecutionProvider, ... where installed)")
+    p.add_argument("--warmup", type=_number(int, low=0, high=10**6), default=10)
+    p.add_argument("--repeats", type=_number(int, low=1, high=10**6), default=50,
+                   help="timed runs per model; the median is kept (default 50)")
+    p.add_argument("--threads", type=_number(int, low=0, high=4096), default=0,
+                   help="onnxruntime intra-op threads (default 0: onnxruntime's choice)")
+    p.add_argument("-o", "--output", required=True, metavar="TIMINGS.csv")
+    p = cost_sub.add_parser("import", help="a measured profile from a kit's timings: check, "
+                                           "fit, report held-out accuracy")
+    p.add_argument("kit", metavar="KIT/")
+    p.add_argument("timings", metavar="TIMINGS.csv", help="id,latency_ms rows")
+    p.add_argument("-o", "--output", required=True, metavar="DEVICE.toml",
+                   help="the profile; DEVICE.csv (kernel times) and DEVICE.timings.csv (every "
+                        "timing imported so far) are written beside it")
+    p.add_argument("--like", metavar="NAME|PATH",
+                   help="also try this target's op model corrected to the timings, and keep "
+                        "it where it cross-validates better (few-shot)")
+    p.add_argument("--estimator", default="auto", choices=["auto", "scratch", "corrected"],
+                   help="auto (default): the better cross-validated of fitting from scratch "
+                        "and correcting --like's op model; or either one")
+    p.add_argument("--name", help="the target's name (default: the profile's file name)")
+    p.add_argument("--device", help="the device, as recorded in the CSV (default: the name)")
+    p.add_argument("--free-kinds", default="", metavar="KIND,KIND",
+                   help="op kinds that cost nothing on the device (a simulator of MAC layers)")
+    p.add_argument("--parallelism", type=_POSITIVE_INT, metavar="P",
+                   help="the device's channel lanes, for the tile features (default: "
+                        "--like's, else 8)")
+    p.add_argument("--map-tile", metavar="OXxOY",
+                   help="output pixels the device unrolls (default: --like's, else 1x1)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the cross-validation folds")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("zoo", help="build a model of the project's zoo")
@@ -654,8 +745,102 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+# optimize-many: some model x target pairs failed (their rows say why), the others written
+OPTIMIZE_MANY_FAILED = 4
+
+
+def _model_files(given: Sequence[str]) -> list[str]:
+    """MODELS as given, a folder replaced by its *.onnx files (sorted); each file once."""
+    from rewriter.paths import same_file
+
+    found: list[str] = []
+    for text in given:
+        path = Path(text)
+        if path.is_dir():
+            inside = sorted(str(p) for p in path.glob("*.onnx") if p.is_file())
+            if not inside:
+                raise BadInputError(f"no *.onnx files in the folder {path}")
+            found += inside
+        else:
+            found.append(text)  # a missing or bad file fails its rows, not the run
+    unique: list[str] = []
+    for name in found:
+        if not any(same_file(Path(name), Path(kept)) for kept in unique):
+            unique.append(name)
+    return unique
+
+
+def cmd_optimize_many(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rewriter.cost.memory import parse_bytes
+    from rewriter.graph_io import parse_input_shapes
+    from rewriter.parallel import make_executor
+    from rewriter.paths import check_output_path, same_file
+    from rewriter.search import STRATEGIES, Budget
+    from rewriter.search.batch import HEADERS, Job, optimize_many, write_summary
+
+    if args.strategy not in STRATEGIES:
+        raise BadInputError(f"unknown strategy {args.strategy!r}; strategies are: "
+                            f"{', '.join(STRATEGIES)}")
+    budget = Budget.parse(args.budget)
+    max_params = parse_bytes(args.max_params) if args.max_params else None
+    max_acts = parse_bytes(args.max_activations) if args.max_activations else None
+    shapes = parse_input_shapes(args.input_shape) or None
+    models = _model_files(args.models)
+    targets: dict[str, object] = {}
+    for name in (n.strip() for n in args.target.split(",")):
+        if not name:
+            continue
+        target = _target(name)
+        if target.name in targets:
+            raise BadInputError(f"--target names {target.name} twice")
+        targets[target.name] = target
+    if not targets:
+        raise BadInputError("--target needs at least one target")
+    read = [*models, *(n for n in args.target.split(",") if Path(n.strip()).is_file())]
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise BadInputError(f"output folder {outdir} is a file")
+    jobs, writers = [], {}
+    for model in models:
+        for target in targets.values():
+            out = outdir / f"{Path(model).stem}.{target.name}.onnx"
+            if out in writers:
+                raise BadInputError(f"{writers[out]} and {model} would both write {out}: "
+                                    "rename one")
+            writers[out] = model
+            jobs.append(Job(model, target, str(out), args.strategy, args.seed, budget,
+                            max_params, max_acts, checks=(_check_priceable, _check_runnable),
+                            input_shapes=shapes))
+    # the outputs have distinct names by construction; only an input in OUTDIR can collide
+    inside = [r for r in read if same_file(Path(r).parent, outdir)]
+    for out in [*writers, outdir / "summary.md", outdir / "summary.json"]:
+        check_output_path(out, inputs=inside, create_parents=True)  # OUTDIR may not exist yet
+    with make_executor(args.workers, args.ray) as executor:  # Ray connects here
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInputError(f"cannot create {outdir}: {exc.strerror or exc}") from None
+        with tqdm(total=len(jobs), desc="optimize-many", unit="run",
+                  disable=args.json or not sys.stderr.isatty()) as bar:
+            summary = optimize_many(jobs, executor, on_row=lambda row: bar.update())
+    written = [str(p) for p in write_summary(summary, outdir)]
+    models_written = [r.output for r in summary.rows if r.output]
+    if args.json:
+        print(_json({**summary.to_dict(), "written": [*models_written, *written]}))
+    else:
+        print(table(HEADERS[:-1], [cells[:-1] for cells in summary.cells()]))
+        print(f"\n{summary.headline()}")
+        print(f"wrote {len(models_written)} models in {outdir}, " + ", ".join(written))
+    for row in summary.failed:
+        print(f"rewriter: error: {row.model} for {row.target}: {row.error}", file=sys.stderr)
+    return OPTIMIZE_MANY_FAILED if summary.failed else 0
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
-    return {"measure": _cost_measure, "fit": _cost_fit, "validate": _cost_validate}[
+    return {"measure": _cost_measure, "fit": _cost_fit, "validate": _cost_validate,
+            "kit": _cost_kit, "run-kit": _cost_run_kit, "import": _cost_import}[
         args.cost_command](args)
 
 
@@ -778,6 +963,86 @@ def _cost_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost_kit(args: argparse.Namespace) -> int:
+    from rewriter.cost.kit import choose, write_kit
+    from rewriter.cost.sampling import SPACES
+    from rewriter.graph_io import load_model, parse_input_shapes
+
+    spaces = [s.strip() for s in args.space.split(",") if s.strip()]
+    unknown = [s for s in spaces if s not in SPACES]
+    if unknown or not spaces:
+        raise BadInputError(f"--space: unknown space {unknown[0] if unknown else ''!r}; "
+                            f"spaces: {', '.join(SPACES)}")
+    paths = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+    shapes = parse_input_shapes(args.input_shape)
+    models = []
+    for path in paths:
+        model = load_model(path, shapes)
+        _check_priceable(model)
+        models.append(model)
+    like = _target(args.like) if args.like else None
+    parallelism = args.parallelism or (like.profile.parallelism_in if like else 32)
+    summary = choose(models=models, n=args.n, spaces=spaces, parallelism=parallelism,
+                     seed=args.seed, time_of=(lambda s: like.kernel(s)[0]) if like else None)
+    write_kit(args.output, summary)
+    print(f"wrote {args.output}: {summary.text()}")
+    print(f"time them (`rewriter cost run-kit {args.output}` where onnxruntime runs, or see "
+          f"{Path(args.output) / 'README.md'}), then `rewriter cost import {args.output} "
+          "TIMINGS.csv -o DEVICE.toml`")
+    return 0
+
+
+def _cost_run_kit(args: argparse.Namespace) -> int:
+    from rewriter.cost.kit_manifest import write_timings
+    from rewriter.cost.kit_run import run_kit
+
+    out = _check_output(args.output)
+    result = run_kit(args.kit, provider=args.provider, warmup=args.warmup,
+                     repeats=args.repeats, threads=args.threads,
+                     progress=sys.stderr.isatty())
+    write_timings(out, result.timings)  # atomically (rewriter.atomic)
+    for ident, error in result.failed:
+        print(f"not timed: {ident}: {error}", file=sys.stderr)
+    print(f"wrote {out}: {len(result.timings)} models timed on {args.provider} (median of "
+          f"{args.repeats} runs after {args.warmup} warm-up)"
+          + (f"; {len(result.failed)} could not run" if result.failed else ""))
+    return 0
+
+
+def _cost_import(args: argparse.Namespace) -> int:
+    from rewriter.cost.kit_import import import_timings, store_path
+
+    out = Path(args.output)
+    _check_output(out, [args.timings], [out.with_suffix(".csv"), store_path(out)])
+    for beside in (out.with_suffix(".csv"), store_path(out)):  # never over the timings
+        _check_output(beside, [args.timings])
+    tile = None
+    if args.map_tile is not None:
+        ox, _, oy = args.map_tile.partition("x")
+        if not (ox.isdigit() and oy.isdigit() and int(ox) > 0 and int(oy) > 0):
+            raise BadInputError(f"--map-tile: expected OXxOY such as 4x4, got {args.map_tile!r}")
+        tile = (int(ox), int(oy))
+    free = tuple(k.strip() for k in args.free_kinds.split(",") if k.strip())
+    result = import_timings(args.kit, args.timings, out, like=args.like, name=args.name,
+                            free_kinds=free, parallelism=args.parallelism, map_tile=tile,
+                            device=args.device, estimator=args.estimator, seed=args.seed)
+    if args.json:
+        choice = result.choice
+        print(_json({
+            "kit": result.kit, "timed": result.timed, "kit_models": result.kit_size,
+            "kernel_rows": result.rows, "prior": result.prior if result.use_prior else None,
+            "held_out": None if choice is None else {
+                "scratch": choice.scratch.__dict__,
+                "corrected": choice.corrected.__dict__ if choice.corrected else None},
+            "pairs_right": sum(p.sign_agrees for p in result.pairs), "pairs": len(result.pairs),
+            "written": [str(p) for p in result.written]}))
+        return 0
+    print("\n".join(result.lines()))
+    print(f"wrote {', '.join(str(p) for p in result.written)}")
+    print(f"use it: rewriter estimate MODEL --target {out}")
+    return 0
+
+
 def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int:
     """A pass that changes the function: refit, recover, report fidelity on held-out data."""
     from rewriter.passes import get_pass
@@ -879,7 +1144,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
             "apply": cmd_apply, "recover": cmd_recover, "estimate": cmd_estimate,
-            "optimize": cmd_optimize,
+            "optimize": cmd_optimize, "optimize-many": cmd_optimize_many,
             "cost": cmd_cost, "zoo": cmd_zoo}
 
 
