@@ -1,6 +1,6 @@
-"""The codebase's own rules: ruff is clean, and the lower layers never import the higher
-ones (the cost model does not import the search; the core imports neither, except the
-CLI and the package's lazy top-level names)."""
+"""The codebase's own rules: ruff is clean, the README stays a page with working links,
+and the lower layers never import the search (not the cost model, not the passes, not the
+core except the command line and the package's lazy top-level names)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ def _imports(path: Path) -> set[str]:
 
 
 def _importers(folder: str, prefix: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Modules under `folder` that import `prefix` (or a submodule), but those whose file
+    name starts with one of `skip`."""
     return sorted(str(path.relative_to(ROOT)) for path in (ROOT / folder).rglob("*.py")
-                  if path.name not in skip
+                  if not path.name.startswith(skip)
                   and any(name == prefix or name.startswith(prefix + ".")
                           for name in _imports(path)))
 
@@ -43,7 +45,8 @@ def test_passes_import_neither_the_search_nor_the_cli():
 
 
 def test_the_core_does_not_import_the_search():
-    assert _importers("rewriter", "rewriter.search", skip=("cli.py", "__init__.py")) == []
+    # the command line (cli*.py) is the top layer; __init__ only names the API lazily
+    assert _importers("rewriter", "rewriter.search", skip=("cli", "__init__.py")) == []
 
 
 def test_the_layer_check_sees_an_import(tmp_path: Path):

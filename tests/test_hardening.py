@@ -502,7 +502,7 @@ def test_absurd_profile_numbers_are_one_profile_error(tmp_path, model, capsys, v
 
 
 def test_json_output_is_strict():
-    from rewriter.cli import _json
+    from rewriter.cli_args import _json
 
     text = _json({"a": math.inf, "b": [math.nan, 1.0], "c": np.float64(-math.inf)})
     assert json.loads(text) == {"a": None, "b": [None, 1.0], "c": None}
