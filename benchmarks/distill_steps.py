@@ -6,12 +6,13 @@ classifier (rapidocr wheel) on edge-tpu-zz, with its largest fused-IBN sites app
 (`--changes top8`: the 8 largest of 11, -51% estimated latency; `all`: all 11, -58%):
 refit, then distilled for `--steps` optimiser steps at each `--lr` (and `--batch`), each
 run from the same refitted student. Data as in benchmarks/recovery.py: calibration 3,000
-text lines of layouts a and b (a quarter of the sources held out for early stopping),
+(`--lines`) text lines of layouts a and b (a quarter of the sources held out for early stopping),
 --eval-data 2,000 lines of other seeds (the figure the search's floor is judged on), and
 400 lines of layout c never seen (independent). Uses CUDA when PyTorch sees it.
 
     python benchmarks/distill_steps.py                       # 2000 steps at lr 3e-4, 1e-4, 1e-3
     python benchmarks/distill_steps.py --steps 200 --lr 1e-4 # a quick look
+    python benchmarks/distill_steps.py --lines 12000         # four times the calibration data
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", default="3e-4,1e-4,1e-3", help="comma-separated")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lines", type=int, default=3000,
+                        help="calibration text lines, half of layout a, half of b (default "
+                             "3000, as recovery.py; a quarter of them held out)")
     args = parser.parse_args()
     original = load_model(rapidocr_models(("cls",))["cls"], SHAPES["cls"])
     target = Target.load("edge-tpu-zz")
@@ -60,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for seed, layout in ((0, "a"), (1, "b")):
-            write_lines(work / "calibration", 1500, seed=seed, layout=layout)
+            write_lines(work / "calibration", args.lines // 2, seed=seed, layout=layout)
         for seed, layout in ((3, "a"), (4, "b")):
             write_lines(work / "evaluation", 1000, seed=seed, layout=layout)
         write_lines(work / "independent", 400, seed=2, layout="c")
