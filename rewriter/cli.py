@@ -21,6 +21,7 @@ from rewriter.cli_args import (
     _SEED,
     _add_model_options,
     _add_recovery_options,
+    _add_scale_out_options,
     _add_target_option,
     _check_output,
     _check_priceable,
@@ -154,15 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--max-params", metavar="BYTES", help="parameter budget, e.g. 4M")
     p.add_argument("--max-activations", metavar="BYTES", help="peak activation budget, e.g. 2M")
-    p.add_argument("--workers", type=_POSITIVE_INT, metavar="N",
-                   help="processes of the local pool (default: the cores; 1: serial), or "
-                        "the CPUs of --ray local. Latency here is estimated, not timed; "
-                        "onnxruntime timings (cost measure) always run serially, since "
-                        "co-scheduled runs disturb each other's timings")
-    p.add_argument("--ray", metavar="auto|ADDRESS|local",
-                   help="run on Ray (pip install 'rewriter[ray]'): auto (the cluster of "
-                        "`ray start` on this machine), HEAD:6379, or local (a private "
-                        "instance for this run)")
+    _add_scale_out_options(p, "optimizations (latency is estimated here, not timed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_cost_commands(sub)
 

@@ -201,3 +201,15 @@ def _multipliers(text: str) -> tuple[float, ...]:
     if not values or not all(0.0 < v < 1.0 for v in values):
         raise BadInputError(f"bad --multipliers {text!r}: numbers between 0 and 1, e.g. 0.75,0.5")
     return values
+
+
+def _add_scale_out_options(p: argparse.ArgumentParser, units: str) -> None:
+    """--workers and --ray for commands whose `units` run in parallel (rewriter.parallel)."""
+    p.add_argument("--workers", type=_POSITIVE_INT, metavar="N",
+                   help=f"processes of the local pool that runs the {units} (default: the "
+                        "cores; 1: serial), or the CPUs of --ray local. onnxruntime timings "
+                        "always run serially, since co-scheduled runs disturb each other")
+    p.add_argument("--ray", metavar="auto|ADDRESS|local",
+                   help="run on Ray (pip install 'rewriter[ray]'): auto (the cluster of "
+                        "`ray start` on this machine), HEAD:6379, or local (a private "
+                        "instance for this run)")

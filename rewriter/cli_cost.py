@@ -10,6 +10,7 @@ from pathlib import Path
 from rewriter.cli_args import (
     _POSITIVE_INT,
     _SEED,
+    _add_scale_out_options,
     _check_output,
     _check_priceable,
     _json,
@@ -18,6 +19,7 @@ from rewriter.cli_args import (
     _target,
 )
 from rewriter.errors import BadInputError
+from rewriter.parallel import make_executor
 
 
 def add_cost_commands(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +49,7 @@ def add_cost_commands(sub: argparse._SubParsersAction) -> None:
                         "(pip install -e '.[zigzag]')")
     p.add_argument("--accelerator", default="edge_tpu_like",
                    help="ZigZag accelerator description (default edge_tpu_like)")
+    _add_scale_out_options(p, "ZigZag simulations (--backend zigzag)")
     p.add_argument("--clock-hz", type=_number(float, low=1e3, high=1e13), default=1e9,
                    help="ZigZag cycles to ms at this clock (default 1e9: 1 ms = 1e6 cycles)")
     p.add_argument("-o", "--output", required=True, metavar="CSV")
@@ -83,6 +86,7 @@ def add_cost_commands(sub: argparse._SubParsersAction) -> None:
                    help="measured targets of this machine: after the models, time N of the "
                         "target's own ops again and scale its estimates by how fast they run "
                         "now (the machine's speed drifts; default 0: as fitted)")
+    _add_scale_out_options(p, "ZigZag simulations (ZigZag-fitted targets)")
     p.add_argument("--json", action="store_true")
 
     p = cost_sub.add_parser("kit", help="write a folder of small ONNX models to time on any "
@@ -156,6 +160,10 @@ def _cost_measure(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
+    if args.backend != "zigzag" and (args.workers is not None or args.ray is not None):
+        raise BadInputError("--workers and --ray run ZigZag simulations (--backend zigzag); "
+                            "onnxruntime timings run serially, since co-scheduled runs "
+                            "disturb each other's timings")
     out = _check_output(args.output)
     kept = []
     if args.append and out.exists():
@@ -165,7 +173,9 @@ def _cost_measure(args: argparse.Namespace) -> int:
         from rewriter.cost.zigzag import SUPPORTED_KINDS, measure_zigzag
 
         specs = [s for s in specs if s.kind in SUPPORTED_KINDS]  # it simulates MAC layers only
-        rows = measure_zigzag(specs, args.accelerator, clock_hz=args.clock_hz)
+        with make_executor(args.workers, args.ray) as executor:
+            rows = measure_zigzag(specs, args.accelerator, clock_hz=args.clock_hz,
+                                  executor=executor)
     else:
         dispatch, floor = calibrate(args.threads)  # the floor measure_specs removes, too
         rows = measure_specs(specs, repeats=args.repeats, threads=args.threads,
@@ -238,6 +248,10 @@ def _cost_validate(args: argparse.Namespace) -> int:
                             f"{target.name}")
     if args.retime_ops < 0:
         raise BadInputError(f"--retime-ops must be 0 or more, not {args.retime_ops}")
+    if accelerator is None and (args.workers is not None or args.ray is not None):
+        raise BadInputError(f"--workers and --ray run ZigZag simulations; {target.name} is "
+                            "timed on this machine, serially (co-scheduled runs disturb "
+                            "each other's timings)")
     if args.retime_ops and accelerator is not None:
         raise BadInputError(f"--retime-ops: {target.name} is fitted on ZigZag, whose cycles "
                             "do not drift; nothing to re-time")
@@ -256,10 +270,11 @@ def _cost_validate(args: argparse.Namespace) -> int:
         from rewriter.search.gain_pairs import rewrite_pairs
 
         progress = not args.json and sys.stderr.isatty()
-        report = validate_on_zigzag(target, cases, progress=progress)
-        if args.pairs:
-            pairs = [pair for case in cases for pair in rewrite_pairs(case, target)]
-            gains = gains_on_zigzag(target, pairs, progress=progress)
+        with make_executor(args.workers, args.ray) as executor:
+            report = validate_on_zigzag(target, cases, progress=progress, executor=executor)
+            if args.pairs:
+                pairs = [pair for case in cases for pair in rewrite_pairs(case, target)]
+                gains = gains_on_zigzag(target, pairs, progress=progress, executor=executor)
     if args.json:
         print(_json({**report.to_dict(), **({"gains": gains.to_dict()} if gains else {})},
                          indent=2))
