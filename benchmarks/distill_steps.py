@@ -29,7 +29,7 @@ from text_lines import write_lines  # noqa: E402
 
 from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.data import Preprocess, load_samples  # noqa: E402
-from rewriter.distill import distill  # noqa: E402
+from rewriter.distill import FEATURE_WEIGHT, distill  # noqa: E402
 from rewriter.fidelity import measure_fidelity  # noqa: E402
 from rewriter.graph_io import load_model  # noqa: E402
 from rewriter.reconstruct import refit  # noqa: E402
@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", default="3e-4,1e-4,1e-3", help="comma-separated")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT,
+                        help="weight of the block-boundary tensors' loss against the "
+                             f"output loss (default {FEATURE_WEIGHT:g})")
     parser.add_argument("--lines", type=int, default=3000,
                         help="calibration text lines, half of layout a, half of b (default "
                              "3000, as recovery.py; a quarter of them held out)")
@@ -84,8 +87,11 @@ def main() -> None:
     for lr in (float(x) for x in args.lr.split(",")):
         start = time.perf_counter()
         result = distill(original, student, data.fit.inputs, data.val.inputs,
-                         steps=args.steps, lr=lr, batch=args.batch, seed=0)
-        rows.append(row(f"{result.steps} steps, lr {lr:g}, batch {args.batch} (best at "
+                         steps=args.steps, lr=lr, batch=args.batch, seed=0,
+                         feature_weight=args.feature_weight)
+        features = ("" if args.feature_weight == FEATURE_WEIGHT
+                    else f", features x{args.feature_weight:g}")
+        rows.append(row(f"{result.steps} steps, lr {lr:g}, batch {args.batch}{features} (best at "
                         f"{result.best_step})", result.model, time.perf_counter() - start,
                         result.device))
     print(f"PP-OCR cls, {len(genes)} fused IBNs, edge-tpu-zz "
