@@ -7,11 +7,21 @@ from rewriter.cost.profile import HardwareProfile, ProfileError, builtin_profile
 
 # measure (onnxruntime) and regression (scikit-learn) are imported on first use.
 _LAZY = {
-    "Measurement": "measure", "MeasurementError": "measure", "measure_specs": "measure",
-    "one_op_model": "measure", "read_csv": "measure", "sample_specs": "measure",
-    "write_csv": "measure", "EstimatorError": "regression", "FitReport": "regression",
-    "RegressionEstimator": "regression",
+    "Measurement": "measurements", "MeasurementError": "measurements",
+    "measure_specs": "measure", "one_op_model": "one_op", "read_csv": "measurements",
+    "sample_specs": "sampling", "write_csv": "measurements", "EstimatorError": "regression",
+    "FitReport": "regression", "RegressionEstimator": "regression",
 }
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The cost model's own one-line errors about its input (a profile, a measurement or
+    timings file, an estimator, ZigZag): bad input, exit 2, wherever they are reported."""
+    from rewriter.cost.measurements import MeasurementError
+    from rewriter.cost.regression import EstimatorError
+    from rewriter.cost.zigzag import ZigZagError
+
+    return (ProfileError, MeasurementError, EstimatorError, ZigZagError)
 
 
 def __getattr__(name: str):

@@ -39,8 +39,10 @@ from rewriter.cost.regression import (
     EstimatorError,
     FitReport,
     RegressionEstimator,
+    accuracy,
     array_hyperparameters,
-    spearman,
+    as_rows,
+    fit_report,
 )
 
 PRIOR_RIDGE = 1.0  # ridge penalty on the standardised correction line (absolute, not per row)
@@ -72,17 +74,6 @@ def load_prior(name_or_path: str | Path, where: object = "prior") -> HardwarePro
         raise ProfileError(f"{where}: prior: {profile.name} has a prior of its own; a prior "
                            "must be fitted on its own measurements, or analytic")
     return profile
-
-
-def _pairs(rows: Iterable[Measurement | Row]) -> list[Row]:
-    return [(r.spec, r.latency_ms) if isinstance(r, Measurement) else (r[0], float(r[1]))
-            for r in rows]
-
-
-def report(estimate: np.ndarray, measured: np.ndarray) -> FitReport:
-    error = np.abs(estimate - measured) / measured
-    return FitReport(len(measured), float(error.mean()), float((error <= 0.1).mean()),
-                     spearman(estimate, measured))
 
 
 @dataclass(frozen=True)
@@ -124,7 +115,7 @@ class CorrectedEstimator:
         return np.log(np.maximum(prior, MIN_PRIOR_MS)), x
 
     def fit(self, rows: Iterable[Measurement | Row]) -> CorrectedEstimator:
-        pairs = _pairs(rows)
+        pairs = as_rows(rows)
         if not pairs:
             raise EstimatorError("no training rows")
         self.rows, self._cache = pairs, {}
@@ -174,11 +165,7 @@ class CorrectedEstimator:
         return any(spec.kind == kind for spec, _ in self.rows)
 
     def fit_report(self, test_rows: Iterable[Measurement | Row]) -> FitReport:
-        pairs = _pairs(test_rows)
-        if not pairs:
-            raise EstimatorError("no test rows")
-        return report(self.predict_many_ms([s for s, _ in pairs]),
-                      np.array([ms for _, ms in pairs]))
+        return fit_report(self, test_rows)
 
 
 Estimator = RegressionEstimator | CorrectedEstimator
@@ -187,7 +174,7 @@ Estimator = RegressionEstimator | CorrectedEstimator
 def cross_validate(make: Callable[[], Estimator], rows: Sequence[Measurement | Row], *,
                    folds: int = 5, seed: int = 0) -> HeldOut:
     """Every row predicted by an estimator (`make()`) fitted on the other folds."""
-    pairs = _pairs(rows)
+    pairs = as_rows(rows)
     folds = min(folds, len(pairs))
     if folds < 2:
         raise EstimatorError(f"{len(pairs)} rows: too few to hold any out")
@@ -198,7 +185,7 @@ def cross_validate(make: Callable[[], Estimator], rows: Sequence[Measurement | R
         fitted = make().fit([pairs[i] for i in range(len(pairs)) if i not in held])
         estimate[part] = fitted.predict_many_ms([pairs[i][0] for i in part])
     measured = np.array([ms for _, ms in pairs])
-    r = report(estimate, measured)
+    r = accuracy(estimate, measured)
     return HeldOut(r.n, r.mape, r.within_10pct, r.spearman,
                    float(np.abs(estimate - measured).sum() / measured.sum()))
 

@@ -56,7 +56,7 @@ from rewriter.cost.kit_manifest import (
     write_manifest,
 )
 from rewriter.cost.measurements import MeasurementError
-from rewriter.cost.one_op import OPSET, one_op_model
+from rewriter.cost.one_op import OPSET, one_op_model, relu_chain
 from rewriter.cost.opspec import KINDS, MAC_KINDS, OpSpec, vector_ops
 from rewriter.cost.sampling import sample_specs
 from rewriter.errors import BadInputError
@@ -172,15 +172,6 @@ def ibn_block(cin: int, expanded: int, cout: int, side: int, kernel: int, stride
         y = net.conv(y, expanded, expanded, kernel, stride, expanded, BLOCK_ACT)
     y = net.conv(y, expanded, cout, 1, 1, 1, "")
     return net.model("fused_ibn" if fused else "ibn", [1, cin, side, side], "x0", y)
-
-
-def relu_chain(length: int) -> onnx.ModelProto:
-    """`length` Relus in a row on a 1x8x4x4 tensor: a model that is almost all overhead."""
-    net = _Net(0)
-    y = "x0"
-    for i in range(length):
-        y = net.node("Relu", [y], f"relu{i}")
-    return net.model(f"chain_{length}", [1, 8, 4, 4], "x0", y)
 
 
 def model_inputs(proto: onnx.ModelProto) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -407,11 +398,14 @@ def write_kit(out: str | Path, summary: KitSummary) -> None:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KitError(f"{out}: exists and is not an empty folder; choose a new one")
+    from rewriter.atomic import atomic_write, atomic_write_text
+
     try:
         (out / MODELS_DIR).mkdir(parents=True, exist_ok=True)
         for entry in summary.entries:
-            onnx.save(summary.protos[entry.id], str(out / entry.file))
-        (out / README).write_text(readme(summary), encoding="utf-8")
+            proto = summary.protos[entry.id]
+            atomic_write(out / entry.file, lambda tmp, proto=proto: onnx.save(proto, str(tmp)))
+        atomic_write_text(out / README, readme(summary))
     except OSError as exc:
         raise KitError(f"cannot write the kit to {out}: {exc.strerror or exc}") from None
     write_manifest(out / MANIFEST, summary.entries)

@@ -55,7 +55,7 @@ from rewriter.cost.kit_manifest import (
     read_timings,
 )
 from rewriter.cost.measure import MIN_MS
-from rewriter.cost.measurements import Measurement, write_csv
+from rewriter.cost.measurements import Measurement, csv_records, write_csv
 from rewriter.cost.opspec import INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec
 from rewriter.cost.profile import PROFILE_DIR, HardwareProfile
 
@@ -206,21 +206,12 @@ def _write_store(path: Path, timed: dict[tuple[str, str], Timed]) -> None:
 
 def read_store(path: Path) -> dict[tuple[str, str], Timed]:
     """The timings imported before, keyed by (kit, id)."""
-    out: dict[tuple[str, str], Timed] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if [c for c in STORE_COLUMNS if c not in (reader.fieldnames or [])]:
-                raise KitError(f"{path}: not a timings file written by `rewriter cost import` "
-                               f"(expected columns {','.join(STORE_COLUMNS)})")
-            for record in reader:
-                where = f"{path}, row {reader.line_num}"
-                out[(record["kit"], record["id"])] = _stored(record, where)
-    except FileNotFoundError:
+    if not path.exists():
         return {}
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise KitError(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
-    return out
+    hint = (" (not a timings file written by `rewriter cost import`: expected columns "
+            f"{','.join(STORE_COLUMNS)})")
+    return {(record["kit"], record["id"]): _stored(record, f"{path}, row {line}")
+            for line, record in csv_records(path, STORE_COLUMNS, KitError, columns_hint=hint)}
 
 
 def _stored(record: dict[str, str], where: str) -> Timed:

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewriter.cost.measurements import MeasurementError
+from rewriter.cost.measurements import MeasurementError, csv_records
 from rewriter.cost.opspec import INT_FIELDS, SPEC_FIELDS, OpSpec
 
 MANIFEST = "manifest.csv"
@@ -142,28 +142,15 @@ def read_manifest(kit: str | Path) -> list[KitEntry]:
         raise KitError(f"{kit}: no such kit folder (write one with `rewriter cost kit -o "
                        f"{kit}`)")
     entries: list[KitEntry] = []
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in MANIFEST_COLUMNS if c not in header]
-            if missing:
-                raise KitError(f"{path}, row 1: missing column {missing[0]!r}")
-            seen: dict[str, int] = {}
-            for record in reader:
-                where = f"{path}, row {reader.line_num}"
-                if None in record or len(entries) >= MAX_ROWS:
-                    raise KitError(f"{where}: more fields than the header has columns, or "
-                                   f"more than {MAX_ROWS} rows")
-                entry = _entry(record, where)
-                if entry.id in seen:
-                    raise KitError(f"{where}: id {entry.id!r} already on row {seen[entry.id]}")
-                seen[entry.id] = reader.line_num
-                entries.append(entry)
-    except FileNotFoundError:
-        raise KitError(f"{kit}: no {MANIFEST} (not a kit folder?)") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise KitError(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
+    seen: dict[str, int] = {}
+    for line, record in csv_records(path, MANIFEST_COLUMNS, KitError, max_rows=MAX_ROWS,
+                                    absent=f"{kit}: no {MANIFEST} (not a kit folder?)"):
+        where = f"{path}, row {line}"
+        entry = _entry(record, where)
+        if entry.id in seen:
+            raise KitError(f"{where}: id {entry.id!r} already on row {seen[entry.id]}")
+        seen[entry.id] = line
+        entries.append(entry)
     if not entries:
         raise KitError(f"{path}: no models listed")
     ids = {e.id for e in entries}
@@ -219,30 +206,17 @@ def read_timings(path: str | Path, entries: Sequence[KitEntry]) -> dict[str, flo
     known = {e.id for e in entries}
     timings: dict[str, float] = {}
     rows: dict[str, int] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in TIMING_COLUMNS if c not in header]
-            if missing:
-                raise KitError(f"{path}, row 1: missing column {missing[0]!r} (expected "
-                               f"columns: {','.join(TIMING_COLUMNS)})")
-            for record in reader:
-                where = f"{path}, row {reader.line_num}"
-                if None in record:
-                    raise KitError(f"{where}: more fields than the header has columns")
-                ident = (record.get("id") or "").strip()
-                if ident not in known:
-                    raise KitError(f"{where}: id {ident!r} is not in the kit's manifest")
-                if ident in rows:
-                    raise KitError(f"{where}: id {ident!r} is timed twice (also row "
-                                   f"{rows[ident]})")
-                rows[ident] = reader.line_num
-                timings[ident] = _latency((record.get("latency_ms") or "").strip(), where)
-    except FileNotFoundError:
-        raise KitError(f"{path}: no such timings file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise KitError(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
+    hint = f" (expected columns: {','.join(TIMING_COLUMNS)})"
+    for line, record in csv_records(path, TIMING_COLUMNS, KitError, columns_hint=hint,
+                                    absent=f"{path}: no such timings file"):
+        where = f"{path}, row {line}"
+        ident = (record.get("id") or "").strip()
+        if ident not in known:
+            raise KitError(f"{where}: id {ident!r} is not in the kit's manifest")
+        if ident in rows:
+            raise KitError(f"{where}: id {ident!r} is timed twice (also row {rows[ident]})")
+        rows[ident] = line
+        timings[ident] = _latency((record.get("latency_ms") or "").strip(), where)
     if not timings:
         raise KitError(f"{path}: no timings (only a header, or empty)")
     return timings

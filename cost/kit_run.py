@@ -12,16 +12,17 @@ load or run is left out and named, as the import allows missing ids.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from rewriter.cost.kit_manifest import KitEntry, KitError, read_manifest
+from rewriter.cost.measure import session_wall_time
+from rewriter.runtime import session
 
 
 @dataclass
@@ -46,33 +47,13 @@ def check_provider(provider: str) -> None:
                        "...)")
 
 
-def _session(path: Path, provider: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    providers = [provider] if provider == "CPUExecutionProvider" else [
-        provider, "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
 def time_model(path: Path, entry: KitEntry, provider: str, *, warmup: int, repeats: int,
                threads: int = 0) -> float:
     """Median wall time in ms of one inference of the kit model at `path`."""
-    session = _session(path, provider, threads)
     rng = np.random.default_rng(0)
     feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in entry.inputs}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    opened = session(onnx.load(str(path)), threads, provider=provider)
+    return session_wall_time(opened, feeds, repeats=repeats, warmup=warmup)
 
 
 def run_kit(kit: str | Path, *, provider: str = "CPUExecutionProvider", warmup: int = 10,

@@ -23,7 +23,7 @@ from rewriter.cost.profile import HardwareProfile, ProfileError
 def _fitted(measurements: Path, mtime_ns: int, array: tuple[tuple[str, int], ...]):
     """A CSV of measurements is fitted (`array`: the profile's array hyper-parameters); a
     JSON saved by `rewriter cost fit` is loaded, and must have been fitted for that array."""
-    from rewriter.cost.measure import read_csv
+    from rewriter.cost.measurements import read_csv
     from rewriter.cost.regression import RegressionEstimator
 
     if measurements.suffix == ".json":

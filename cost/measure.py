@@ -11,7 +11,7 @@ over a model's kernels by 1.4-1.7x. The profiler's per-node times exclude those 
 the per-kernel dispatch cost that a whole model does pay is the profile's `overhead_s`.
 
 The one-op models are built by `rewriter.cost.one_op`, sampled by `rewriter.cost.sampling`
-and stored by `rewriter.cost.measurements`; their public names are re-exported here.
+and stored by `rewriter.cost.measurements`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 from tqdm import tqdm
 
-from rewriter.cost.measurements import (  # noqa: F401  (re-exported)
-    COLUMNS,
-    Measurement,
-    MeasurementError,
-    read_csv,
-    write_csv,
-)
-from rewriter.cost.one_op import LAYOUT_HELPER, OPSET, one_op_model
-from rewriter.cost.opspec import (
-    OpSpec,
-)
-from rewriter.cost.sampling import SPACES, sample_specs  # noqa: F401  (re-exported)
+from rewriter.cost.measurements import Measurement, MeasurementError
+from rewriter.cost.one_op import LAYOUT_HELPER, one_op_model, relu_chain
+from rewriter.cost.opspec import OpSpec
 from rewriter.runtime import session
 
 
@@ -127,15 +117,6 @@ def reorder_op(spec: OpSpec) -> str | None:
     return next(op for op, layout in REORDERS.items() if layout == spec.layout)
 
 
-def _relu_chain(length: int) -> onnx.ModelProto:
-    names = ["x", *(f"t{i}" for i in range(length))]
-    nodes = [helper.make_node("Relu", [a], [b]) for a, b in zip(names, names[1:])]
-    graph = helper.make_graph(
-        nodes, "relu_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
-        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 8, 4, 4])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-
-
 FLOOR_ROUNDS = 5
 
 
@@ -144,7 +125,7 @@ def profiler_floor_ms(threads: int = 1, repeats: int = 300) -> float:
     cost per node: measure_specs removes it from every profiled node. The lowest median of
     FLOOR_ROUNDS rounds: one burst of load during a single round read 5 us here instead of
     3, and every op of that sitting then came out 2 us fast (a third of a small one)."""
-    return min(time_model(_relu_chain(1), repeats=max(1, repeats // FLOOR_ROUNDS),
+    return min(time_model(relu_chain(1), repeats=max(1, repeats // FLOOR_ROUNDS),
                           threads=threads) for _ in range(FLOOR_ROUNDS))
 
 
@@ -155,8 +136,8 @@ def calibrate(threads: int = 1, repeats: int = 300) -> tuple[float, float]:
     (no profiler): a measured profile's overhead_s. Floor: `profiler_floor_ms`.
     """
     feeds = {"x": np.zeros((1, 8, 4, 4), np.float32)}
-    one = wall_time(_relu_chain(1), feeds, repeats=repeats, threads=threads)
-    many = wall_time(_relu_chain(101), feeds, repeats=repeats, threads=threads)
+    one = wall_time(relu_chain(1), feeds, repeats=repeats, threads=threads)
+    many = wall_time(relu_chain(101), feeds, repeats=repeats, threads=threads)
     return max(many - one, 0.0) / 100 / 1e3, profiler_floor_ms(threads, repeats) / 1e3
 
 

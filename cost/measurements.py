@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewriter.cost.opspec import (
-    INT_FIELDS,
-    KINDS,
-    SPEC_FIELDS,
-    OpSpec,
-)
+from rewriter.cost.opspec import INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec
 
 META_COLUMNS = ("latency_ms", "device", "threads", "repeats")
 COLUMNS = (*SPEC_FIELDS, *META_COLUMNS)
@@ -49,6 +44,33 @@ class Measurement:
     repeats: int = 0
 
 
+def csv_records(path: Path, required: Sequence[str], error: type[Exception], *,
+                columns_hint: str = "", absent: str | None = None,
+                max_rows: int | None = None) -> list[tuple[int, dict[str, str]]]:
+    """(line, record) of each row of the CSV at `path` (the header being line 1), after
+    checking it has the `required` columns and no row more fields than the header. Every
+    problem is one line in an `error`: `absent` is the message when there is no file
+    (default: the OS's), `columns_hint` follows a missing column's name."""
+    records = []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise error(f"{path}, row 1: missing column {missing[0]!r}{columns_hint}")
+            for record in reader:
+                if None in record:
+                    raise error(f"{path}, row {reader.line_num}: more fields than the header "
+                                "has columns")
+                if max_rows is not None and len(records) >= max_rows:
+                    raise error(f"{path}, row {reader.line_num}: more than {max_rows} rows")
+                records.append((reader.line_num, record))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if absent is not None and isinstance(exc, FileNotFoundError):
+            raise error(absent) from None
+        raise error(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
+    return records
 
 
 def write_csv(path: str | Path, rows: Iterable[Measurement]) -> None:
@@ -100,22 +122,9 @@ def _parse_row(path: Path, line: int, record: dict[str, str]) -> Measurement:
 def read_csv(path: str | Path) -> list[Measurement]:
     """Measurements from a CSV (ours, or one measured elsewhere); see the module docstring."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise MeasurementError(f"{path}, row 1: missing column {missing[0]!r} "
-                                       f"(required: {', '.join(REQUIRED_COLUMNS)})")
-            rows = []
-            for record in reader:
-                if None in record:
-                    raise MeasurementError(f"{path}, row {reader.line_num}: more fields than "
-                                           "the header has columns")
-                rows.append(_parse_row(path, reader.line_num, record))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MeasurementError(f"{path}: cannot read: {' '.join(str(exc).split())}") from None
+    records = csv_records(path, REQUIRED_COLUMNS, MeasurementError,
+                          columns_hint=f" (required: {', '.join(REQUIRED_COLUMNS)})")
+    rows = [_parse_row(path, line, record) for line, record in records]
     if not rows:
         raise MeasurementError(f"{path}: no measurements (only a header, or empty)")
     return rows

@@ -195,3 +195,16 @@ def one_op_model(spec: OpSpec, seed: int = 0) -> onnx.ModelProto:
                               producer_name="rewriter.cost.measure")
     model.ir_version = 8
     return model
+
+
+def relu_chain(length: int) -> onnx.ModelProto:
+    """`length` Relus in a row on a 1x8x4x4 tensor: a model that is almost all overhead
+    (what one inference costs besides its kernels, `measure.calibrate`; a kit's baselines)."""
+    names = ["x", *(f"t{i}" for i in range(length))]
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in zip(names, names[1:])]
+    graph = helper.make_graph(
+        nodes, "relu_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 8, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # as one_op_model: older runtimes on a device load it too
+    return model

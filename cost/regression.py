@@ -114,9 +114,27 @@ def group(spec: OpSpec) -> str:
     return f"{spec.kind}/{spec.layout}" if spec.layout else spec.kind
 
 
-def _pairs(rows: Iterable[Measurement | Row]) -> list[Row]:
+def as_rows(rows: Iterable[Measurement | Row]) -> list[Row]:
+    """(spec, latency_ms) of measurements or rows."""
     return [(r.spec, r.latency_ms) if isinstance(r, Measurement) else (r[0], float(r[1]))
             for r in rows]
+
+
+def accuracy(estimate: np.ndarray, measured: np.ndarray) -> FitReport:
+    """How `estimate` matches `measured` (ms, same order): MAPE, share within +-10%,
+    Spearman."""
+    error = np.abs(estimate - measured) / measured
+    return FitReport(len(measured), float(error.mean()), float((error <= 0.1).mean()),
+                     spearman(estimate, measured))
+
+
+def fit_report(estimator, test_rows: Iterable[Measurement | Row]) -> FitReport:
+    """`estimator`'s accuracy (it has `predict_many_ms`) on rows it was not fitted on."""
+    pairs = as_rows(test_rows)
+    if not pairs:
+        raise EstimatorError("no test rows")
+    return accuracy(estimator.predict_many_ms([s for s, _ in pairs]),
+                    np.array([ms for _, ms in pairs]))
 
 
 def _linear_columns(with_kinds: bool) -> list[int]:
@@ -172,7 +190,7 @@ class RegressionEstimator:
                          for f in (features(s, p, ox, oy) for s in specs)], dtype=float)
 
     def fit(self, rows: Iterable[Measurement | Row]) -> RegressionEstimator:
-        pairs = _pairs(rows)
+        pairs = as_rows(rows)
         if not pairs:
             raise EstimatorError("no training rows")
         self.rows, self._models, self._shared, self._cache = pairs, {}, None, {}
@@ -221,14 +239,7 @@ class RegressionEstimator:
         return self._cache[key]
 
     def fit_report(self, test_rows: Iterable[Measurement | Row]) -> FitReport:
-        pairs = _pairs(test_rows)
-        if not pairs:
-            raise EstimatorError("no test rows")
-        measured = np.array([ms for _, ms in pairs])
-        estimate = self.predict_many_ms([s for s, _ in pairs])
-        error = np.abs(estimate - measured) / measured
-        return FitReport(len(pairs), float(error.mean()), float((error <= 0.1).mean()),
-                         spearman(estimate, measured))
+        return fit_report(self, test_rows)
 
     # ------------------------------------------------------------------ persistence
 

@@ -45,7 +45,8 @@ import onnx
 from tqdm import tqdm
 
 from rewriter.atomic import atomic_write_text
-from rewriter.cost.measure import Measurement, one_op_model
+from rewriter.cost.measurements import Measurement
+from rewriter.cost.one_op import one_op_model
 from rewriter.cost.opspec import MAC_KINDS, OpSpec
 from rewriter.parallel import Executor, make_executor
 

@@ -30,7 +30,7 @@ layers that the per-layer sum misses. Checked with zigzag-dse 3.9.1:
   not the accelerator's.
 
 Two layer shapes needed fixes to get there: an anisotropic stride (PP-OCR's (2, 1)) is
-built from the layer's sizes (`cost.measure.one_op_model`), and a layer that fits the
+built from the layer's sizes (`cost.one_op.one_op_model`), and a layer that fits the
 array in one step no longer crashes ZigZag's mapping printout (`cost.zigzag`).
 
 ZigZag reads a symbolic dim as 0 (a Gemm of batch 0 divides by zero), so `whole_model_cycles`
@@ -50,7 +50,7 @@ from onnx import TensorProto, helper
 
 from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Kernel, decompose
-from rewriter.cost.measure import MeasurementError
+from rewriter.cost.measurements import MeasurementError
 from rewriter.cost.opspec import OpSpec
 from rewriter.cost.validate import (
     Case,

@@ -36,6 +36,7 @@ from rewriter.cli_args import (
     _target,
 )
 from rewriter.cli_cost import add_cost_commands, cmd_cost
+from rewriter.cost import user_errors
 from rewriter.errors import BadInputError, RewriterError, VerificationError
 from rewriter.tables import human, human_bytes, table
 
@@ -642,15 +643,6 @@ COMMANDS = {"passes": cmd_passes, "inspect": cmd_inspect, "sites": cmd_sites,
             "cost": cmd_cost, "zoo": cmd_zoo}
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from rewriter.cost.measure import MeasurementError
-    from rewriter.cost.profile import ProfileError
-    from rewriter.cost.regression import EstimatorError
-    from rewriter.cost.zigzag import ZigZagError
-
-    return (ProfileError, MeasurementError, EstimatorError, ZigZagError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -663,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RewriterError as exc:
         print(f"rewriter: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except _user_errors() as exc:  # the cost module's own one-line errors
+    except user_errors() as exc:  # the cost module's own one-line errors
         print(f"rewriter: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

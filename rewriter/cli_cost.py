@@ -156,7 +156,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _cost_measure(args: argparse.Namespace) -> int:
-    from rewriter.cost.measure import calibrate, measure_specs, read_csv, sample_specs, write_csv
+    from rewriter.cost.measure import calibrate, measure_specs
+    from rewriter.cost.measurements import read_csv, write_csv
+    from rewriter.cost.sampling import sample_specs
 
     if args.n < 1 or args.repeats < 1 or args.threads < 0:
         raise BadInputError("-n and --repeats must be positive, --threads >= 0")
@@ -195,7 +197,7 @@ def _cost_measure(args: argparse.Namespace) -> int:
 def _cost_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from rewriter.cost.measure import read_csv
+    from rewriter.cost.measurements import read_csv
     from rewriter.cost.regression import RegressionEstimator
 
     _check_output(args.output, [args.csv])

@@ -16,10 +16,11 @@ ort.set_default_logger_severity(3)
 
 
 def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True, *,
-            profile_prefix: str | None = None, optimized_path: str | None = None
-            ) -> ort.InferenceSession:
-    """A CPU session; `threads` 0 is onnxruntime's default; `profile_prefix` turns its
-    profiler on; `optimized_path` is where it writes the graph it optimized."""
+            profile_prefix: str | None = None, optimized_path: str | None = None,
+            provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
+    """A session on `provider` (with the CPU for the ops it lacks); `threads` 0 is
+    onnxruntime's default; `profile_prefix` turns its profiler on; `optimized_path` is
+    where it writes the graph it optimized."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
@@ -33,9 +34,8 @@ def session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True, *,
     if optimized_path:
         options.optimized_model_filepath = optimized_path
     try:
-        return ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=list(
+            dict.fromkeys([provider, "CPUExecutionProvider"])))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"onnxruntime cannot load the model: {first}") from None

@@ -26,18 +26,13 @@ from pathlib import Path
 import onnx
 
 from rewriter.atomic import atomic_write_text
+from rewriter.cost import user_errors
 from rewriter.cost.estimate import Target
-from rewriter.cost.measure import MeasurementError
-from rewriter.cost.profile import ProfileError
-from rewriter.cost.regression import EstimatorError
-from rewriter.cost.zigzag import ZigZagError
 from rewriter.errors import RewriterError
 from rewriter.graph_io import Model, load_model, save_model
 from rewriter.parallel import Executor
 from rewriter.search.driver import Budget, optimize
 
-# the cost model's own one-line errors: bad input, as `rewriter optimize` reports them
-_USER_ERRORS = (ProfileError, MeasurementError, EstimatorError, ZigZagError)
 INTERNAL = 70
 
 
@@ -93,7 +88,7 @@ def failure(exc: Exception) -> tuple[int, str]:
     """(exit code, one-line message) of an error, as the CLI would report it."""
     if isinstance(exc, RewriterError):
         return exc.exit_code, _one_line(str(exc))
-    if isinstance(exc, _USER_ERRORS):
+    if isinstance(exc, user_errors()):  # bad input, as `rewriter optimize` reports it
         return 2, _one_line(str(exc))
     if isinstance(exc, ValueError) and str(exc).startswith("OpSpec"):
         return 2, _one_line(f"the model's layers are inconsistent: {exc}")
