@@ -25,6 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from text_lines import write_lines  # noqa: E402
 
+from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.data import Preprocess, load_samples  # noqa: E402
 from rewriter.fidelity import measure_fidelity  # noqa: E402
 from rewriter.graph_io import load_model  # noqa: E402
@@ -49,14 +51,15 @@ CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle",
                       "immunohistochemistry")
 
 
-def _cls_case(work: Path) -> dict:
+def _cls_case(work: Path, calibration: int = CLS_CALIBRATION,
+              evaluation: int = CLS_EVALUATION) -> dict:
     from rewriter.samples import SHAPES, rapidocr_models
 
     path = rapidocr_models(("cls",))["cls"]
     for seed, layout in ((0, "a"), (1, "b")):
-        write_lines(work / "calibration", CLS_CALIBRATION // 2, seed=seed, layout=layout)
+        write_lines(work / "calibration", calibration // 2, seed=seed, layout=layout)
     for seed, layout in ((3, "a"), (4, "b")):
-        write_lines(work / "evaluation", CLS_EVALUATION // 2, seed=seed, layout=layout)
+        write_lines(work / "evaluation", evaluation // 2, seed=seed, layout=layout)
     return {"name": "PP-OCR cls 48x192", "model": path, "shapes": SHAPES["cls"],
             "target": "edge-tpu-zz", "floor": 0.98, "metric": "top1",
             "calibration": work / "calibration", "eval": work / "evaluation",
@@ -94,19 +97,24 @@ def _row(label: str, before_ms: float, after_ms: float, reported, independent: s
             f"{seconds:.0f}"]
 
 
-def run_case(case: dict, budgets: list[float], search_budget: float) -> str:
+def run_case(case: dict, budgets: list[float], search_budget: float,
+             search_only: bool = False) -> str:
     original = load_model(case["model"], case["shapes"])
     common = dict(target=case["target"], exact=False, calibration=case["calibration"],
                   eval_data=case["eval"], preprocess=case["preprocess"],
                   fidelity_metric=case["metric"], seed=0)
     rows = []
     start = time.perf_counter()
-    fastest = optimize(original, min_fidelity=0.0, recover="refit", **common)
-    before = fastest.before.latency_ms
-    rows.append(_row("fastest changes, refit only", before, fastest.after.latency_ms,
-                     fastest.fidelity, _independent(original, fastest.model, case),
-                     time.perf_counter() - start, case["metric"]))
-    for seconds in budgets:
+    if search_only:
+        fastest = None
+        before = Target.load(case["target"]).estimate(original).latency_ms
+    else:
+        fastest = optimize(original, min_fidelity=0.0, recover="refit", **common)
+        before = fastest.before.latency_ms
+        rows.append(_row("fastest changes, refit only", before, fastest.after.latency_ms,
+                         fastest.fidelity, _independent(original, fastest.model, case),
+                         time.perf_counter() - start, case["metric"]))
+    for seconds in budgets if fastest is not None else []:
         start = time.perf_counter()
         recovered = recover(original, fastest.model, case["calibration"],
                             eval_data=case["eval"], preprocess=case["preprocess"],
@@ -136,13 +144,19 @@ def main() -> None:
                         help="distillation budgets of 20/50/150 s instead of 2/5/15 min")
     parser.add_argument("--search-budget", type=float, default=900.0, metavar="S",
                         help="the search's recovery budget in seconds (default 900)")
+    parser.add_argument("--search-only", action="store_true",
+                        help="only the search's row (no fastest-changes rows)")
+    parser.add_argument("--eval-lines", type=int, default=CLS_EVALUATION, metavar="N",
+                        help=f"cls: text lines in --eval-data (default {CLS_EVALUATION})")
     args = parser.parse_args()
     budgets = [20.0, 50.0, 150.0] if args.quick else [120.0, 300.0, 900.0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        makers = {"cls": _cls_case, "effnet": _effnet_case}
+        makers = {"cls": partial(_cls_case, evaluation=args.eval_lines),
+                  "effnet": _effnet_case}
         for key in (makers if args.case == "all" else [args.case]):
-            print(run_case(makers[key](work / key), budgets, args.search_budget))
+            print(run_case(makers[key](work / key), budgets, args.search_budget,
+                           args.search_only))
             print()
 
 

@@ -362,8 +362,13 @@ class _RecoveryStage:
        the last model kept, refits only the new weights, distills for a share of the
        budget (about 1/STAGES) and keeps the result when its fidelity on the eval
        sources (never fitted, trained or used for early stopping), one standard error
-       down, meets the floor. A kept stage doubles the next chunk, a failed one halves it
-       and starts again from the last model kept; a single change that fails is skipped,
+       down, meets the floor. A stage that measures at or above the floor but misses it
+       one standard error down was short of training rather than of capacity as often as
+       not: it trains on from where it stopped for one more share, and is judged again.
+       A kept stage doubles the next chunk; a failed one is halved, keeping the changes
+       that lost least alone, and starts again from the last model kept (so one
+       damaging change, such as a depth multiplier with a large gain, does not sink every
+       retry); a single change that fails is skipped,
        two in a row end the search. The first chunk is a quarter of the ranking. So every
        second of training goes into the model that is returned: the changes kept early
        are trained in every later stage, where a search over prefixes from scratch would
@@ -394,6 +399,7 @@ class _RecoveryStage:
         self.reference: dict[str, np.ndarray] = {}
         self.tried: list[tuple[bool, str]] = []  # (kept, summary) per recovery
         self.kept: tuple[Genome, Model, Fidelity] | None = None
+        self.missed: tuple[Model, Fidelity] | None = None  # the last recovery that missed
         self.start = 0.0
 
     def _complete(self, genome: Genome) -> Genome:
@@ -419,6 +425,7 @@ class _RecoveryStage:
                                f"{before.value(self.metric):.4f} before recovery, "
                                f"{'kept' if ok else 'missed'})"))
         if not ok:
+            self.missed = (model, after)
             return None
         if self.kept is None or (self.evaluator.score(candidate).latency_ms
                                  < self.evaluator.score(self.kept[0]).latency_ms):
@@ -509,18 +516,43 @@ class _RecoveryStage:
                 position += len(step)
                 continue
             kept = self.attempt(self._complete(candidate), model, budget)
+            more = self._train_on(budget) if kept is None else None
+            if more is not None and self.missed is not None:
+                # the measured fidelity meets the floor, only its bound misses: the
+                # training, not the change, may be what falls short; train on from where it
+                # stopped for one more share of the budget
+                kept = self.attempt(self._complete(candidate), self.missed[0], more)
             if kept is not None:
                 accepted += step
                 current = kept
                 position += len(step)
                 chunk, failures = chunk * 2, 0
             elif chunk > 1:
+                # try the half that lost least alone (refitted, on the screening data)
+                # first; the riskier changes wait behind it
+                safest = sorted(step, key=lambda i: -self.guard.measure(base, [i]).value(
+                    self.metric))
+                order[position:position + len(step)] = safest
                 chunk //= 2
             else:  # this change does not recover on top of the others: skip it
                 position += 1
                 failures += 1
                 if failures >= 2:
                     break
+
+    def _train_on(self, budget: RecoveryBudget) -> RecoveryBudget | None:
+        """The budget to train on the recovery that just missed with, if it measured at or
+        above the floor (only one standard error down fell below it) and at least half a
+        stage's time is left; else None."""
+        if self.missed is None or self.method != "distill":
+            return None
+        if self.missed[1].value(self.metric) < self.floor:
+            return None
+        if self.budget.seconds is None or budget.seconds is None:
+            return budget
+        left = self.budget.seconds - (time.perf_counter() - self.start)
+        return RecoveryBudget(min(budget.seconds, left)) if left >= 0.5 * budget.seconds \
+            else None
 
     def _label(self, genes: Sequence[int]) -> str:
         return ", ".join(f"{self.space.genes[i].pass_name}@{self.space.genes[i].site}"
