@@ -26,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -217,18 +217,28 @@ def resolve_method(method: str | None, warnings: list[str]) -> str:
     return method
 
 
+class Trained(NamedTuple):
+    """A recovered student: its weights, the optimiser steps run, the held-out history
+    (step, loss, fidelity), and whether it was still improving when the budget ended
+    (the last held-out evaluation was the best: more training may help)."""
+
+    model: Model
+    steps: int
+    history: list[tuple[int, float, float]]
+    improving: bool = False
+
+
 def train(original: Model, student: Model, data: FidelityData, method: str,
-          budget: RecoveryBudget, seed: int = 0, progress: bool = False
-          ) -> tuple[Model, int, list[tuple[int, float, float]]]:
+          budget: RecoveryBudget, seed: int = 0, progress: bool = False) -> Trained:
     """The student refitted (if the pass recorded what to refit) and, with 'distill',
-    trained against the original; returns (model, steps, history)."""
+    trained against the original."""
     from rewriter.reconstruct import refit
 
     fit_batches = data.fit.batches(BATCH)
     if student.changes.refit:
         student = refit(original, student, fit_batches, progress=progress)
     if method != "distill":
-        return student, 0, []
+        return Trained(student, 0, [])
     from rewriter.distill import distill
 
     result = distill(original, student, data.fit.inputs,
@@ -237,7 +247,9 @@ def train(original: Model, student: Model, data: FidelityData, method: str,
     history = [tuple(h) if not hasattr(h, "step") else (h.step, h.loss, h.fidelity)
                for h in result.history]
     steps = max((int(h[0]) for h in history), default=0)
-    return result.model, steps, history
+    improving = (result.stopped in ("time", "steps") and result.steps > 0
+                 and result.best_step == result.steps)
+    return Trained(result.model, steps, history, improving)
 
 
 def evaluate(original: Model, candidate: Model, data: FidelityData,
@@ -249,20 +261,20 @@ def evaluate(original: Model, candidate: Model, data: FidelityData,
 def refit_and_train(original: Model, student: Model, data: FidelityData, method: str,
                     budget: RecoveryBudget, seed: int = 0, progress: bool = False,
                     reference: Mapping[str, np.ndarray] | None = None
-                    ) -> tuple[Model, Fidelity, int, list[tuple[int, float, float]]]:
-    """Refit what the change recorded, train (`train`), and measure on eval: (model,
-    fidelity after with `before_recovery` set to the refitted student's, steps, history).
-    Refit only: the model is the refitted student, measured once."""
+                    ) -> tuple[Trained, Fidelity]:
+    """Refit what the change recorded, train (`train`), and measure on eval: (what
+    training gave, the fidelity after with `before_recovery` set to the refitted
+    student's). Refit only: the model is the refitted student, measured once."""
     if student.changes.refit:  # the initial weights are not the figure a user compares with
         from rewriter.reconstruct import refit
 
         student = refit(original, student, data.fit.batches(BATCH), progress=progress)
     before = evaluate(original, student, data, reference)
-    model, steps, history = train(original, student, data, method, budget, seed, progress)
+    trained = train(original, student, data, method, budget, seed, progress)
     after = (dataclasses.replace(before) if method == "refit"
-             else evaluate(original, model, data, reference))
+             else evaluate(original, trained.model, data, reference))
     after.before_recovery = before
-    return model, after, steps, history
+    return trained, after
 
 
 def recover(original: Model | str | Path, rewritten: Model | str | Path,
@@ -296,8 +308,8 @@ def recover(original: Model | str | Path, rewritten: Model | str | Path,
     warnings = list(data.warnings)
     method = resolve_method(method, warnings)
     reference = _reference(teacher, data)
-    model, after, steps, history = refit_and_train(teacher, student, data, method, budget,
-                                                   seed, progress, reference)
+    (model, steps, history, _), after = refit_and_train(teacher, student, data, method,
+                                                         budget, seed, progress, reference)
     label = (student.changes.label() if student.changes.passes
              else student.metadata.get(METADATA_KEY) or "architecture changed")
     model.metadata[METADATA_KEY] = label_recovered(label, method, after, metric)

@@ -363,8 +363,8 @@ class _RecoveryStage:
        budget (about 1/STAGES) and keeps the result when its fidelity on the eval
        sources (never fitted, trained or used for early stopping), one standard error
        down, meets the floor. A stage that measures at or above the floor but misses it
-       one standard error down was short of training rather than of capacity as often as
-       not: it trains on from where it stopped for one more share, and is judged again.
+       one standard error down, and was still improving when its time ran out, trains on
+       from where it stopped for one more share, and is judged again.
        A kept stage doubles the next chunk; a failed one is halved, keeping the changes
        that lost least alone, and starts again from the last model kept (so one
        damaging change, such as a depth multiplier with a large gain, does not sink every
@@ -414,9 +414,10 @@ class _RecoveryStage:
         """Recover `student` (`candidate`'s architecture changes, built); keep it if it
         holds the floor on eval and is faster than what is kept. The recovered model, or
         None when it misses the floor."""
-        model, after, _, _ = refit_and_train(self.space.canonical, student, self.data,
-                                             self.method, budget, self.seed, self.progress,
-                                             self.reference)
+        trained, after = refit_and_train(self.space.canonical, student, self.data,
+                                         self.method, budget, self.seed, self.progress,
+                                         self.reference)
+        model = trained.model
         before = after.before_recovery
         genes = self.space.architecture_genes(candidate)
         ok = meets(after, self.floor, self.metric)
@@ -425,7 +426,7 @@ class _RecoveryStage:
                                f"{before.value(self.metric):.4f} before recovery, "
                                f"{'kept' if ok else 'missed'})"))
         if not ok:
-            self.missed = (model, after)
+            self.missed = (model, after) if trained.improving else None
             return None
         if self.kept is None or (self.evaluator.score(candidate).latency_ms
                                  < self.evaluator.score(self.kept[0]).latency_ms):
@@ -518,9 +519,9 @@ class _RecoveryStage:
             kept = self.attempt(self._complete(candidate), model, budget)
             more = self._train_on(budget) if kept is None else None
             if more is not None and self.missed is not None:
-                # the measured fidelity meets the floor, only its bound misses: the
-                # training, not the change, may be what falls short; train on from where it
-                # stopped for one more share of the budget
+                # the measured fidelity meets the floor, only its bound misses, and the
+                # student still improved when time ran out: the training, not the change,
+                # may be what falls short; train on from where it stopped for one more share
                 kept = self.attempt(self._complete(candidate), self.missed[0], more)
             if kept is not None:
                 accepted += step
@@ -542,8 +543,8 @@ class _RecoveryStage:
 
     def _train_on(self, budget: RecoveryBudget) -> RecoveryBudget | None:
         """The budget to train on the recovery that just missed with, if it measured at or
-        above the floor (only one standard error down fell below it) and at least half a
-        stage's time is left; else None."""
+        above the floor (only one standard error down fell below it), was still improving
+        when its budget ended, and at least half a stage's time is left; else None."""
         if self.missed is None or self.method != "distill":
             return None
         if self.missed[1].value(self.metric) < self.floor:
