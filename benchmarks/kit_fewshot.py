@@ -82,7 +82,8 @@ STEPS = (50, 100, 200, 300)
 FREE = "elementwise,pool,gap,resize,concat"
 ARRAY = ["--parallelism", "8", "--map-tile", "4x4"]
 PRIOR = "npu-p32"
-# estimator -> import options; `--like` alone keeps the one with the lower held-out MAPE
+# estimator -> import options; `--like` alone keeps the one with the lower time-weighted
+# held-out error
 ESTIMATORS = {"from scratch": [], f"{PRIOR} corrected": ["--like", PRIOR, "--estimator",
                                                           "corrected"]}
 SEED = 11  # the seed cost/data/edge-tpu-zz.csv's default-space rows were drawn with

@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from rewriter.cost.kernels import decompose
 from rewriter.cost.kit_manifest import (
@@ -118,60 +117,24 @@ def kit_model(spec: OpSpec) -> onnx.ModelProto | None:
     return proto if [k.spec for k in kernels] == [spec] else None
 
 
-class _Net:
-    """A tiny graph builder with seeded random weights."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-
-    def conv(self, x: str, cin: int, cout: int, kernel: int, stride: int, groups: int,
-             act: str) -> str:
-        name = f"conv{len(self.nodes)}"
-        shape = (cout, cin // groups, kernel, kernel)
-        w = self.rng.standard_normal(shape) / math.sqrt(shape[1] * kernel * kernel)
-        self.inits += [numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
-                       numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}_b")]
-        pad = kernel // 2
-        y = self.node("Conv", [x, f"{name}_w", f"{name}_b"], name, kernel_shape=[kernel] * 2,
-                       strides=[stride] * 2, pads=[pad] * 4, group=groups)
-        if act == "relu6":
-            if not any(i.name == "relu6_lo" for i in self.inits):
-                self.inits += [numpy_helper.from_array(np.array(0.0, np.float32), "relu6_lo"),
-                               numpy_helper.from_array(np.array(6.0, np.float32), "relu6_hi")]
-            y = self.node("Clip", [y, "relu6_lo", "relu6_hi"], f"{name}_act")
-        elif act:
-            y = self.node("Relu", [y], f"{name}_act")
-        return y
-
-    def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    def model(self, name: str, shape: list[int], x: str, y: str) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, name, [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], self.inits)
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="rewriter.cost.kit")
-        proto.ir_version = 8
-        return onnx.shape_inference.infer_shapes(proto)
-
-
 def ibn_block(cin: int, expanded: int, cout: int, side: int, kernel: int, stride: int,
               fused: bool, seed: int = 0) -> onnx.ModelProto:
     """An inverted bottleneck (1x1 expand + act, depthwise KxK + act, 1x1 project), or with
     `fused` its fused-IBN form (dense KxK cin -> expanded + act, 1x1 project), as the
-    fuse-ibn pass writes it."""
-    net = _Net(seed)
+    fuse-ibn pass writes it (built by the zoo's builder, BatchNorm folded, batch 1)."""
+    from rewriter.zoo._builder import _NetBuilder
+
+    net = _NetBuilder(seed=seed, opset=OPSET, batch=1)
+    y = net.input("x0", cin, side)
     if fused:
-        y = net.conv("x0", cin, expanded, kernel, stride, 1, BLOCK_ACT)
+        y = net.act(net.conv(y, expanded, "expand", kernel=kernel, stride=stride), BLOCK_ACT,
+                    "expand.act")
     else:
-        y = net.conv("x0", cin, expanded, 1, 1, 1, BLOCK_ACT)
-        y = net.conv(y, expanded, expanded, kernel, stride, expanded, BLOCK_ACT)
-    y = net.conv(y, expanded, cout, 1, 1, 1, "")
-    return net.model("fused_ibn" if fused else "ibn", [1, cin, side, side], "x0", y)
+        y = net.act(net.conv(y, expanded, "expand"), BLOCK_ACT, "expand.act")
+        y = net.act(net.conv(y, expanded, "dw", kernel=kernel, stride=stride, group=expanded),
+                    BLOCK_ACT, "dw.act")
+    y = net.conv(y, cout, "project", gain=1.0)
+    return net.build({"y": y}, "fused_ibn" if fused else "ibn")
 
 
 def model_inputs(proto: onnx.ModelProto) -> tuple[tuple[str, tuple[int, ...]], ...]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +54,16 @@ from rewriter.cost.kit_manifest import (
     read_timings,
 )
 from rewriter.cost.measure import MIN_MS
-from rewriter.cost.measurements import Measurement, csv_records, write_csv
-from rewriter.cost.opspec import INT_FIELDS, KINDS, SPEC_FIELDS, OpSpec
+from rewriter.cost.measurements import (
+    Measurement,
+    csv_records,
+    latency_ms_from_text,
+    spec_from_record,
+    write_csv,
+)
+from rewriter.cost.opspec import KINDS, SPEC_FIELDS
 from rewriter.cost.profile import PROFILE_DIR, HardwareProfile
+from rewriter.cost.validate import GainRow
 
 STORE_COLUMNS = ("kit", "id", "role", "source", "pair", "kernels", *SPEC_FIELDS, "latency_ms")
 MIN_ROWS = 10  # kernel times needed to fit from scratch
@@ -106,19 +112,6 @@ class BlockCheck:
 
 
 @dataclass
-class PairCheck:
-    pair: str
-    first: str  # the original form (depthwise, IBN)
-    second: str  # the rewritten form (dense, fused IBN)
-    measured_gain: float  # (first - second) / first
-    estimated_gain: float
-
-    @property
-    def sign_agrees(self) -> bool:
-        return bool(np.sign(self.measured_gain) == np.sign(self.estimated_gain))
-
-
-@dataclass
 class ImportResult:
     kit: str
     kit_size: int
@@ -134,7 +127,7 @@ class ImportResult:
     written: list[Path]
     missing_kinds: list[str] = field(default_factory=list)
     blocks: list[BlockCheck] = field(default_factory=list)
-    pairs: list[PairCheck] = field(default_factory=list)
+    pairs: list[GainRow] = field(default_factory=list)  # a kit pair: original -> rewritten
 
     def lines(self) -> list[str]:
         out = [f"kit {self.kit}: {self.timed} of its {self.kit_size} models timed"]
@@ -215,17 +208,9 @@ def read_store(path: Path) -> dict[tuple[str, str], Timed]:
 
 
 def _stored(record: dict[str, str], where: str) -> Timed:
-    try:
-        role = record["role"]
-        spec = None
-        if role == "op":
-            spec = OpSpec(**{f: int(record[f]) if f in INT_FIELDS else record[f]
-                             for f in SPEC_FIELDS})
-        ms = float(record["latency_ms"])
-        if not (math.isfinite(ms) and ms > 0):
-            raise ValueError(f"latency_ms {ms!r} is not a positive number")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise KitError(f"{where}: {exc}") from None
+    role = record["role"]
+    spec = spec_from_record(record, where, KitError) if role == "op" else None
+    ms = latency_ms_from_text(record["latency_ms"], where, KitError)
     entry = KitEntry(record["id"], "", spec, (), role, record["source"], record["pair"],
                      tuple(filter(None, record["kernels"].split(";"))))
     return Timed(record["kit"], entry, ms)
@@ -295,7 +280,7 @@ def _prior_reference(like: HardwareProfile, out: Path) -> str:
 # ----------------------------------------------------------------------------- checks
 
 def _checks(target, entries: list[KitEntry], times: dict[str, float], cost: Overhead
-            ) -> tuple[list[BlockCheck], list[PairCheck]]:
+            ) -> tuple[list[BlockCheck], list[GainRow]]:
     """The kit's blocks and pairs timed on the device against the new target."""
     by_id = {e.id: e for e in entries}
 
@@ -319,7 +304,7 @@ def _checks(target, entries: list[KitEntry], times: dict[str, float], cost: Over
         if first.id in times and second.id in times:
             m1, m2 = cost.kernel_ms(times[first.id]), cost.kernel_ms(times[second.id])
             e1, e2 = estimated(first), estimated(second)
-            pairs.append(PairCheck(tag, first.id, second.id, (m1 - m2) / m1, (e1 - e2) / e1))
+            pairs.append(GainRow(tag, f"{first.id} -> {second.id}", m1, m2, e1, e2))
     return blocks, pairs
 
 

@@ -34,13 +34,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewriter.cost.measurements import MeasurementError, csv_records
-from rewriter.cost.opspec import INT_FIELDS, SPEC_FIELDS, OpSpec
+from rewriter.cost.measurements import (
+    MeasurementError,
+    csv_records,
+    latency_ms_from_text,
+    spec_from_record,
+)
+from rewriter.cost.opspec import SPEC_FIELDS, OpSpec
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("id", "file", *SPEC_FIELDS, "inputs", "role", "source", "pair", "kernels")
@@ -107,24 +111,6 @@ def write_manifest(path: Path, entries: Sequence[KitEntry]) -> None:
     atomic_write(path, write)
 
 
-def _spec(record: dict[str, str], where: str) -> OpSpec:
-    values: dict[str, object] = {}
-    for name in SPEC_FIELDS:
-        text = (record.get(name) or "").strip()
-        if name in INT_FIELDS:
-            try:
-                values[name] = int(text)
-            except ValueError:
-                raise KitError(f"{where}: column {name!r}: expected an integer, got "
-                               f"{text!r}") from None
-        else:
-            values[name] = text
-    try:
-        return OpSpec(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise KitError(f"{where}: {exc}") from None
-
-
 def _safe_file(text: str, where: str) -> str:
     """A model path inside the kit folder: relative, no `..`."""
     parts = Path(text).parts
@@ -174,7 +160,7 @@ def _entry(record: dict[str, str], where: str) -> KitEntry:
         raise KitError(f"{where}: a block must list its kernels")
     return KitEntry(
         id=ident, file=_safe_file((record.get("file") or "").strip(), where),
-        spec=_spec(record, where) if role == "op" else None,
+        spec=spec_from_record(record, where, KitError) if role == "op" else None,
         inputs=_parse_inputs(record.get("inputs") or "", where), role=role,
         source=(record.get("source") or "").strip(), pair=(record.get("pair") or "").strip(),
         kernels=kernels)
@@ -187,17 +173,6 @@ def kit_id(kit: str | Path) -> str:
         return hashlib.sha256((Path(kit) / MANIFEST).read_bytes()).hexdigest()[:12]
     except OSError as exc:
         raise KitError(f"{kit}: cannot read {MANIFEST}: {exc.strerror or exc}") from None
-
-
-def _latency(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise KitError(f"{where}: column 'latency_ms': expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise KitError(f"{where}: column 'latency_ms': must be a positive finite number of "
-                       f"milliseconds, got {text!r}")
-    return value
 
 
 def read_timings(path: str | Path, entries: Sequence[KitEntry]) -> dict[str, float]:
@@ -216,7 +191,8 @@ def read_timings(path: str | Path, entries: Sequence[KitEntry]) -> dict[str, flo
         if ident in rows:
             raise KitError(f"{where}: id {ident!r} is timed twice (also row {rows[ident]})")
         rows[ident] = line
-        timings[ident] = _latency((record.get("latency_ms") or "").strip(), where)
+        timings[ident] = latency_ms_from_text((record.get("latency_ms") or "").strip(), where,
+                                              KitError)
     if not timings:
         raise KitError(f"{path}: no timings (only a header, or empty)")
     return timings

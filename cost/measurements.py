@@ -90,33 +90,57 @@ def write_csv(path: str | Path, rows: Iterable[Measurement]) -> None:
     atomic_write(path, write)
 
 
-def _parse_row(path: Path, line: int, record: dict[str, str]) -> Measurement:
-    values: dict[str, object] = {}
-    for column in COLUMNS:
-        text = (record.get(column) or "").strip() or _DEFAULTS.get(column, "")
-        where = f"{path}, row {line}: column {column!r}"
-        if column == "kind" and text not in KINDS:
-            raise MeasurementError(f"{where}: unknown op kind {text!r}")
-        if column in INT_FIELDS or column in ("threads", "repeats"):
-            try:
-                values[column] = int(text)
-            except ValueError:
-                raise MeasurementError(f"{where}: expected an integer, got {text!r}") from None
-        elif column == "latency_ms":
-            try:
-                values[column] = float(text)
-            except ValueError:
-                raise MeasurementError(f"{where}: expected a number, got {text!r}") from None
-            if not math.isfinite(values[column]) or values[column] <= 0:
-                raise MeasurementError(f"{where}: latency must be a positive number, got {text!r}")
-        else:
-            values[column] = text
+def _cell(record: dict[str, str], column: str) -> str:
+    return (record.get(column) or "").strip() or _DEFAULTS.get(column, "")
+
+
+def _integer(record: dict[str, str], column: str, where: str,
+             error: type[Exception]) -> int:
+    text = _cell(record, column)
     try:
-        spec = OpSpec(**{f: values[f] for f in SPEC_FIELDS})
+        return int(text)
+    except ValueError:
+        raise error(f"{where}: column {column!r}: expected an integer, got {text!r}") from None
+
+
+def spec_from_record(record: dict[str, str], where: str,
+                     error: type[Exception] = MeasurementError) -> OpSpec:
+    """The OpSpec of a CSV record (the `SPEC_FIELDS` columns; empty optional ones take
+    their defaults), every field checked; `where` ("FILE, row N") starts each message."""
+    values: dict[str, object] = {}
+    for column in SPEC_FIELDS:
+        if column in INT_FIELDS:
+            values[column] = _integer(record, column, where, error)
+            continue
+        values[column] = _cell(record, column)
+        if column == "kind" and values[column] not in KINDS:
+            raise error(f"{where}: column 'kind': unknown op kind {values[column]!r}")
+    try:
+        return OpSpec(**values)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise MeasurementError(f"{path}, row {line}: {exc}") from None
-    return Measurement(spec, values["latency_ms"], values["device"], values["threads"],
-                       values["repeats"])
+        raise error(f"{where}: {exc}") from None
+
+
+def latency_ms_from_text(text: str, where: str,
+                         error: type[Exception] = MeasurementError) -> float:
+    """A latency cell: a positive finite number of milliseconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise error(f"{where}: column 'latency_ms': expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise error(f"{where}: column 'latency_ms': must be a positive finite number of "
+                    f"milliseconds, got {text!r}")
+    return value
+
+
+def _parse_row(path: Path, line: int, record: dict[str, str]) -> Measurement:
+    where = f"{path}, row {line}"
+    spec = spec_from_record(record, where)
+    return Measurement(spec, latency_ms_from_text(_cell(record, "latency_ms"), where),
+                       _cell(record, "device"),
+                       _integer(record, "threads", where, MeasurementError),
+                       _integer(record, "repeats", where, MeasurementError))
 
 
 def read_csv(path: str | Path) -> list[Measurement]:

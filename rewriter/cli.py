@@ -26,7 +26,6 @@ from rewriter.cli_args import (
     _check_output,
     _check_priceable,
     _check_runnable,
-    _geometry_errors,
     _json,
     _load,
     _multipliers,
@@ -36,8 +35,7 @@ from rewriter.cli_args import (
     _target,
 )
 from rewriter.cli_cost import add_cost_commands, cmd_cost
-from rewriter.cost import user_errors
-from rewriter.errors import BadInputError, RewriterError, VerificationError
+from rewriter.errors import BadInputError, VerificationError, exit_status
 from rewriter.tables import human, human_bytes, table
 
 
@@ -312,8 +310,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     target = _target(args.target)
     model = _load(args)
     _check_priceable(model)
-    with _geometry_errors():
-        result = target.estimate(model)
+    result = target.estimate(model)
     if args.json:
         print(_json({"model": args.model, **result.to_dict()}, indent=2))
         return 0
@@ -376,16 +373,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         given["min_fidelity"] = args.min_fidelity
     if args.multipliers is not None:
         given["multipliers"] = _multipliers(args.multipliers)
-    with _geometry_errors():
-        result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
-                          max_activation_bytes=max_acts, budget=budget, seed=args.seed,
-                          exact=not args.allow_architecture_changes, inputs=inputs,
-                          progress=not args.json and sys.stderr.isatty(),
-                          calibration=args.calibration, eval_data=args.eval_data,
-                          preprocess=args.preprocess, recover=args.recover,
-                          recover_budget=args.recover_budget,
-                          fidelity_metric=args.fidelity_metric,
-                          passes=args.passes.split(",") if args.passes else None, **given)
+    result = optimize(model, target, strategy=args.strategy, max_param_bytes=max_params,
+                      max_activation_bytes=max_acts, budget=budget, seed=args.seed,
+                      exact=not args.allow_architecture_changes, inputs=inputs,
+                      progress=not args.json and sys.stderr.isatty(),
+                      calibration=args.calibration, eval_data=args.eval_data,
+                      preprocess=args.preprocess, recover=args.recover,
+                      recover_budget=args.recover_budget,
+                      fidelity_metric=args.fidelity_metric,
+                      passes=args.passes.split(",") if args.passes else None, **given)
     emulated = None
     if args.validate_with == "zigzag":
         from rewriter.cost.zigzag import ZigZagError
@@ -652,16 +648,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import rewriter.runtime  # noqa: F401  onnxruntime logs errors only (its warnings leak)
     try:
         return COMMANDS[args.command](args)
-    except RewriterError as exc:
-        print(f"rewriter: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except user_errors() as exc:  # the cost module's own one-line errors
-        print(f"rewriter: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("rewriter: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        status = exit_status(exc)
+        if status is not None:
+            print(f"rewriter: error: {status[1]}", file=sys.stderr)
+            return status[0]
         if os.environ.get("REWRITER_DEBUG"):
             raise
         print(f"rewriter: internal error: {type(exc).__name__}: {exc} "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -68,6 +67,14 @@ _SEED = _number(int, low=0, high=2**32 - 1)
 _POSITIVE_INT = _number(int, low=1, high=2**20)
 _POSITIVE = _number(float, low=0.0, low_open=True)
 _FRACTION = _number(float, low=0.0, high=1.0)
+
+
+def _map_tile(text: str) -> tuple[int, int]:
+    """An argparse `type` for --map-tile OXxOY: the output pixels an array unrolls."""
+    ox, _, oy = text.partition("x")
+    if not (ox.isdigit() and oy.isdigit() and int(ox) > 0 and int(oy) > 0):
+        raise argparse.ArgumentTypeError(f"expected OXxOY such as 4x4, got {text!r}")
+    return int(ox), int(oy)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -148,18 +155,6 @@ def _check_runnable(model) -> None:
                 f"tensor '{tensor.name}' {where} is {'x'.join(map(str, shape))}: it would "
                 f"need {size / 2**30:,.1f} GiB; at most {MAX_TENSOR_BYTES / 2**30:g} GiB per "
                 "tensor is supported")
-
-
-@contextlib.contextmanager
-def _geometry_errors():
-    """The cost model's OpSpec refuses impossible layer geometry (channels not a multiple
-    of the groups, say) that onnx's checker lets through: a bad model, exit 2."""
-    try:
-        yield
-    except ValueError as exc:
-        if not str(exc).startswith("OpSpec"):
-            raise
-        raise BadInputError(f"the model's layers are inconsistent: {exc}") from None
 
 
 def _add_recovery_options(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from rewriter.cli_args import (
     _check_output,
     _check_priceable,
     _json,
+    _map_tile,
     _number,
     _Parser,
     _target,
@@ -62,7 +63,7 @@ def add_cost_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="ESTIMATOR.json")
     p.add_argument("--parallelism", type=_POSITIVE_INT, default=8, metavar="P",
                    help="P for the channel-tile features (default 8, a CPU's SIMD lanes)")
-    p.add_argument("--map-tile", default="1x1", metavar="OXxOY",
+    p.add_argument("--map-tile", type=_map_tile, default="1x1", metavar="OXxOY",
                    help="output pixels the array unrolls, columns x rows (default 1x1; "
                         "ZigZag's edge_tpu_like: 4x4), for the ideal-cycles feature")
     p.add_argument("--holdout", type=_number(float, low=0.0, high=1.0, high_open=True),
@@ -143,7 +144,7 @@ def add_cost_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallelism", type=_POSITIVE_INT, metavar="P",
                    help="the device's channel lanes, for the tile features (default: "
                         "--like's, else 8)")
-    p.add_argument("--map-tile", metavar="OXxOY",
+    p.add_argument("--map-tile", type=_map_tile, metavar="OXxOY",
                    help="output pixels the device unrolls (default: --like's, else 1x1)")
     p.add_argument("--seed", type=_SEED, default=0, help="seed of the cross-validation folds")
     p.add_argument("--json", action="store_true")
@@ -209,11 +210,8 @@ def _cost_fit(args: argparse.Namespace) -> int:
     train, test = [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
     if len(train) < 10:
         raise BadInputError(f"{args.csv}: {len(train)} training rows; at least 10 are needed")
-    ox, _, oy = args.map_tile.partition("x")
-    if not (ox.isdigit() and oy.isdigit() and int(ox) > 0 and int(oy) > 0):
-        raise BadInputError(f"--map-tile: expected OXxOY such as 4x4, got {args.map_tile!r}")
-    array = {"parallelism": args.parallelism, "parallelism_ox": int(ox),
-             "parallelism_oy": int(oy)}
+    ox, oy = args.map_tile
+    array = {"parallelism": args.parallelism, "parallelism_ox": ox, "parallelism_oy": oy}
     report = RegressionEstimator(**array).fit(train).fit_report(test) if test else None
     final = RegressionEstimator(**array).fit(rows)
     final.save(args.output)
@@ -340,15 +338,9 @@ def _cost_import(args: argparse.Namespace) -> int:
     _check_output(out, [args.timings], [out.with_suffix(".csv"), store_path(out)])
     for beside in (out.with_suffix(".csv"), store_path(out)):  # never over the timings
         _check_output(beside, [args.timings])
-    tile = None
-    if args.map_tile is not None:
-        ox, _, oy = args.map_tile.partition("x")
-        if not (ox.isdigit() and oy.isdigit() and int(ox) > 0 and int(oy) > 0):
-            raise BadInputError(f"--map-tile: expected OXxOY such as 4x4, got {args.map_tile!r}")
-        tile = (int(ox), int(oy))
     free = tuple(k.strip() for k in args.free_kinds.split(",") if k.strip())
     result = import_timings(args.kit, args.timings, out, like=args.like, name=args.name,
-                            free_kinds=free, parallelism=args.parallelism, map_tile=tile,
+                            free_kinds=free, parallelism=args.parallelism, map_tile=args.map_tile,
                             device=args.device, estimator=args.estimator, seed=args.seed)
     if args.json:
         choice = result.choice

@@ -38,3 +38,20 @@ class BudgetError(RewriterError):
 
 class MissingExtraError(UnsupportedError):
     """A feature needs an optional extra that is not installed (PyTorch for `[train]`)."""
+
+
+def exit_status(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, message) of an error the tool reports as one line: its own
+    (`RewriterError`), the cost model's about its input (`rewriter.cost.user_errors`: exit
+    2), and the impossible layer geometry (channels not a multiple of the groups, say) that
+    the cost model's OpSpec refuses and onnx's checker lets through (a bad model, exit 2).
+    None for anything else: a bug. The CLI and optimize-many's rows both report by it."""
+    from rewriter.cost import user_errors
+
+    if isinstance(exc, RewriterError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, user_errors()):
+        return 2, str(exc)
+    if isinstance(exc, ValueError) and str(exc).startswith("OpSpec"):
+        return 2, f"the model's layers are inconsistent: {exc}"
+    return None

@@ -26,9 +26,8 @@ from pathlib import Path
 import onnx
 
 from rewriter.atomic import atomic_write_text
-from rewriter.cost import user_errors
 from rewriter.cost.estimate import Target
-from rewriter.errors import RewriterError
+from rewriter.errors import exit_status
 from rewriter.graph_io import Model, load_model, save_model
 from rewriter.parallel import Executor
 from rewriter.search.driver import Budget, optimize
@@ -85,13 +84,11 @@ def _one_line(text: str) -> str:
 
 
 def failure(exc: Exception) -> tuple[int, str]:
-    """(exit code, one-line message) of an error, as the CLI would report it."""
-    if isinstance(exc, RewriterError):
-        return exc.exit_code, _one_line(str(exc))
-    if isinstance(exc, user_errors()):  # bad input, as `rewriter optimize` reports it
-        return 2, _one_line(str(exc))
-    if isinstance(exc, ValueError) and str(exc).startswith("OpSpec"):
-        return 2, _one_line(f"the model's layers are inconsistent: {exc}")
+    """(exit code, one-line message) of an error, as the CLI reports it
+    (`rewriter.errors.exit_status`)."""
+    status = exit_status(exc)
+    if status is not None:
+        return status[0], _one_line(status[1])
     return INTERNAL, _one_line(f"internal error: {type(exc).__name__}: {exc}")
 
 
