@@ -74,6 +74,7 @@ from rewriter.cost.zigzag import (
 )
 from rewriter.cost.zigzag_models import simulate_kernels_ms
 from rewriter.graph_io import Model, model_from_proto, save_model
+from rewriter.parallel import make_executor
 from rewriter.search.gain_pairs import rewrite_pairs
 from rewriter.tables import table
 
@@ -108,7 +109,8 @@ def seed_cache(cache_dir: Path) -> int:
 
 def simulate(models: list[Model], cache_dir: Path, workers: int | None) -> list[float]:
     """Each model's ZigZag latency (ms at 1 GHz): the sum of its MAC layers."""
-    per_model = simulate_kernels_ms(models, ACCELERATOR, workers=workers, cache_dir=cache_dir,
+    per_model = simulate_kernels_ms(models, ACCELERATOR, executor=make_executor(workers),
+                                    cache_dir=cache_dir,
                                     progress=sys.stderr.isatty())
     return [sum(ms for _, ms in kernels) for kernels in per_model]
 

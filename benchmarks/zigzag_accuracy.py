@@ -28,6 +28,7 @@ from rewriter.cost.measurements import read_csv
 from rewriter.cost.validate import paddleocr_cases, validate_by, validate_gains, zoo_cases
 from rewriter.cost.zigzag_models import simulate_kernels_ms, simulated_spec, target_accelerator
 from rewriter.graph_io import Model
+from rewriter.parallel import make_executor
 from rewriter.search.gain_pairs import rewrite_pairs
 
 # The default set is ~750 distinct layers over both accelerators (~25 minutes uncached on a
@@ -59,7 +60,8 @@ def main() -> int:
                        + [m for p in pairs for m in (p.before, p.after)]}.values())
         # every layer of every model in one batch, so the process pool stays full
         per_model = simulate_kernels_ms(models, target_accelerator(target),
-                                        clock_hz=target.profile.clock_hz, workers=args.workers,
+                                        clock_hz=target.profile.clock_hz,
+                                        executor=make_executor(args.workers),
                                         progress=progress)
         simulated = {id(m): sum(ms for _, ms in kernels) for m, kernels in zip(models, per_model)}
 

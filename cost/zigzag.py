@@ -179,13 +179,13 @@ def cache_key(spec: OpSpec) -> str:
 
 
 def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float = 1e9,
-                   cache_dir: Path | None = None, workers: int | None = None,
-                   progress: bool = True,
+                   cache_dir: Path | None = None, progress: bool = True,
                    executor: Executor | None = None) -> list[Measurement]:
     """Simulated latency (ms at `clock_hz`) of each spec on `accelerator`, in order.
 
-    Uncached specs run on `executor`, or else on a local pool of `workers` processes
-    (default: the cores; 1: in this process); each result enters the cache as it arrives.
+    Uncached specs run on `executor` (default: a local pool of as many processes as
+    cores; `SerialExecutor()` runs them in this process); each result enters the cache as
+    it arrives.
     Raises `ZigZagError` if ZigZag is missing, the accelerator is unknown, or a spec's
     kind is not in `SUPPORTED_KINDS` (checked before any simulation).
     """
@@ -210,11 +210,7 @@ def measure_zigzag(specs: Iterable[OpSpec], accelerator: str, *, clock_hz: float
 
         jobs = [(s, accelerator) for s in todo]
         with bar:
-            if executor is not None:
-                executor.map(_spec_cycles, jobs, on_result)
-            else:
-                with make_executor(workers) as local:
-                    local.map(_spec_cycles, jobs, on_result)
+            (executor or make_executor()).map(_spec_cycles, jobs, on_result)
     device = f"zigzag-{zigzag_version()} {accelerator}"
     return [Measurement(s, cycles[cache_key(s)] / (clock_hz / 1e3), device=device,
                         threads=0, repeats=1)

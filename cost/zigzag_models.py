@@ -81,20 +81,20 @@ def simulated_spec(kernel: Kernel) -> OpSpec | None:
 
 
 def simulate_kernels_ms(models: Sequence[Model], accelerator: str, *, clock_hz: float = 1e9,
-                        workers: int | None = None, progress: bool = False,
+                        progress: bool = False,
                         cache_dir: Path | None = None,
                         executor: Executor | None = None) -> list[list[tuple[Kernel, float]]]:
     """Per model, every kernel with its simulated latency in ms (0 for non-MAC kernels).
 
-    The layers of all `models` are simulated in one batch, so one executor (`executor`, or
-    a local pool of `workers` processes) serves every uncached layer.
+    The layers of all `models` are simulated in one batch, so one executor (`executor`;
+    default: a local pool of as many processes as cores) serves every uncached layer.
     """
     kernels = [decompose(m) for m in models]
     specs = {s.signature(): s for ks in kernels for k in ks
              if (s := simulated_spec(k)) is not None}
     try:
         rows = measure_zigzag(specs.values(), accelerator, clock_hz=clock_hz,
-                              cache_dir=cache_dir, workers=workers, progress=progress,
+                              cache_dir=cache_dir, progress=progress,
                               executor=executor)
     except MeasurementError as exc:
         raise ZigZagError(f"cannot build a layer for ZigZag: {exc}") from None
@@ -104,23 +104,23 @@ def simulate_kernels_ms(models: Sequence[Model], accelerator: str, *, clock_hz: 
 
 
 def simulate_models_ms(models: Sequence[Model], accelerator: str, *, clock_hz: float = 1e9,
-                       workers: int | None = None, progress: bool = False,
+                       progress: bool = False,
                        cache_dir: Path | None = None,
                        executor: Executor | None = None) -> list[float]:
     """Simulated latency (ms at `clock_hz`) of each model: the sum over its MAC kernels."""
-    per_model = simulate_kernels_ms(models, accelerator, clock_hz=clock_hz, workers=workers,
+    per_model = simulate_kernels_ms(models, accelerator, clock_hz=clock_hz,
                                     progress=progress, cache_dir=cache_dir, executor=executor)
     return [sum(ms for _, ms in kernels) for kernels in per_model]
 
 
 def simulate_model_ms(model: Model, accelerator: str, clock_hz: float = 1e9,
-                      workers: int | None = None, progress: bool = False,
+                      progress: bool = False,
                       cache_dir: Path | None = None, executor: Executor | None = None) -> float:
     """Latency of `model` on ZigZag `accelerator` in ms at `clock_hz` (1 GHz: 1 ms = 1e6
     cycles): the sum of its MAC layers' simulated cycles, each layer simulated once ever
     (cached in ``~/.cache/rewriter/zigzag``). Raises ZigZagError when ZigZag is missing or
     the accelerator unknown."""
-    return simulate_models_ms([model], accelerator, clock_hz=clock_hz, workers=workers,
+    return simulate_models_ms([model], accelerator, clock_hz=clock_hz,
                               progress=progress, cache_dir=cache_dir, executor=executor)[0]
 
 
@@ -155,7 +155,7 @@ def whole_model_cycles(model: Model, accelerator: str) -> float:
 
 
 def validate_with_zigzag(original: Model, optimized: Model, target: Target, *,
-                         workers: int | None = None, progress: bool = False,
+                         progress: bool = False,
                          cache_dir: Path | None = None,
                          executor: Executor | None = None) -> dict[str, object]:
     """Simulate both models on the ZigZag accelerator `target` was fitted on.
@@ -167,7 +167,7 @@ def validate_with_zigzag(original: Model, optimized: Model, target: Target, *,
     when `target` is not ZigZag-fitted, ZigZag is missing or a layer cannot be simulated.
     """
     (row,) = gains_on_zigzag(target, [Pair("model", "optimized", original, optimized)],
-                             workers=workers, progress=progress, cache_dir=cache_dir,
+                             progress=progress, cache_dir=cache_dir,
                              executor=executor).rows
     return {"target": target.name, "accelerator": target_accelerator(target),
             "zigzag_original_ms": row.measured_before_ms,
@@ -178,7 +178,7 @@ def validate_with_zigzag(original: Model, optimized: Model, target: Target, *,
             "estimated_gain_pct": 100 * row.estimated_gain, "sign_agrees": row.sign_agrees}
 
 
-def zigzag_measure(target: Target, *, workers: int | None = None, progress: bool = False,
+def zigzag_measure(target: Target, *, progress: bool = False,
                    cache_dir: Path | None = None, executor: Executor | None = None
                    ) -> Callable[[Sequence[Model]], list[float]]:
     """The "device" of a ZigZag-fitted target for `cost.validate`: models -> simulated ms."""
@@ -186,25 +186,24 @@ def zigzag_measure(target: Target, *, workers: int | None = None, progress: bool
 
     def measure(models: Sequence[Model]) -> list[float]:
         return simulate_models_ms(models, accelerator, clock_hz=target.profile.clock_hz,
-                                  workers=workers, progress=progress, cache_dir=cache_dir,
+                                  progress=progress, cache_dir=cache_dir,
                                   executor=executor)
 
     return measure
 
 
-def validate_on_zigzag(target: Target, cases: Sequence[Case], *, workers: int | None = None,
-                       progress: bool = False, cache_dir: Path | None = None,
+def validate_on_zigzag(target: Target, cases: Sequence[Case], *, progress: bool = False,
+                       cache_dir: Path | None = None,
                        executor: Executor | None = None) -> ValidationReport:
     """Every case simulated whole on ZigZag against `target`'s estimate."""
-    measure = zigzag_measure(target, workers=workers, progress=progress, cache_dir=cache_dir,
+    measure = zigzag_measure(target, progress=progress, cache_dir=cache_dir,
                              executor=executor)
     return validate_by(target, cases, measure)
 
 
-def gains_on_zigzag(target: Target, pairs: Sequence[Pair], *, workers: int | None = None,
-                    progress: bool = False, cache_dir: Path | None = None,
-                    executor: Executor | None = None) -> GainReport:
+def gains_on_zigzag(target: Target, pairs: Sequence[Pair], *, progress: bool = False,
+                    cache_dir: Path | None = None, executor: Executor | None = None) -> GainReport:
     """Every rewrite's gain simulated on ZigZag against `target`'s estimated gain."""
-    measure = zigzag_measure(target, workers=workers, progress=progress, cache_dir=cache_dir,
+    measure = zigzag_measure(target, progress=progress, cache_dir=cache_dir,
                              executor=executor)
     return validate_gains(target, pairs, measure)

@@ -12,6 +12,7 @@ pytest.importorskip("zigzag")
 
 from rewriter.cost import zigzag as zz  # noqa: E402
 from rewriter.cost.opspec import OpSpec  # noqa: E402
+from rewriter.parallel import SerialExecutor  # noqa: E402
 
 CONV = OpSpec("conv", cin=16, cout=16, h_in=16, w_in=16, h_out=16, w_out=16, kh=3, kw=3)
 DW = OpSpec("dwconv", cin=16, cout=16, h_in=16, w_in=16, h_out=16, w_out=16, kh=3, kw=3,
@@ -25,8 +26,8 @@ def measured(tmp_path_factory: pytest.TempPathFactory):
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        ms = zz.measure_zigzag([CONV, DW], "edge_tpu_like", cache_dir=cache_dir, workers=1,
-                               progress=False)
+        ms = zz.measure_zigzag([CONV, DW], "edge_tpu_like", cache_dir=cache_dir,
+                               executor=SerialExecutor(), progress=False)
     finally:
         os.chdir(old)
     return cache_dir, cwd, ms
@@ -59,12 +60,12 @@ def test_cache_is_reused(measured, monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("simulated a cached spec")
 
     monkeypatch.setattr(zz, "simulate_cycles", fail)
-    # workers=1: a miss would simulate in this process, where `fail` is patched in
-    again = zz.measure_zigzag([DW, CONV], "edge_tpu_like", cache_dir=cache_dir, workers=1,
-                              progress=False)
+    # serially: a miss would simulate in this process, where `fail` is patched in
+    again = zz.measure_zigzag([DW, CONV], "edge_tpu_like", cache_dir=cache_dir,
+                              executor=SerialExecutor(), progress=False)
     assert again == [first[1], first[0]]
     slower = zz.measure_zigzag([CONV], "edge_tpu_like", cache_dir=cache_dir, clock_hz=5e8,
-                               workers=1, progress=False)
+                               executor=SerialExecutor(), progress=False)
     assert slower[0].latency_ms == pytest.approx(2 * first[0].latency_ms)
 
 
@@ -84,7 +85,8 @@ def test_a_layer_that_fits_the_array_in_one_step_is_simulated(tmp_path: Path) ->
     # No temporal loop is left on tpu_like's 32x32 array; zigzag-dse 3.9's mapping printer
     # raises on that (a squeeze-excite conv of PP-OCR cls), so it is kept from failing.
     squeeze = OpSpec("conv1x1", cin=16, cout=16)
-    (row,) = zz.measure_zigzag([squeeze], "tpu_like", cache_dir=tmp_path, workers=1,
+    (row,) = zz.measure_zigzag([squeeze], "tpu_like", cache_dir=tmp_path,
+                               executor=SerialExecutor(),
                                progress=False)
     assert 0 < row.latency_ms < 1e-3  # some 65 cycles
 
@@ -101,8 +103,6 @@ def test_a_process_pool_simulates_what_one_process_does(measured, tmp_path: Path
 def test_each_result_is_cached_as_it_arrives(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # an interrupted batch keeps what it simulated: the cache file grows result by result
-    from rewriter.parallel import SerialExecutor
-
     cycles = {zz.cache_key(CONV): 1000.0, zz.cache_key(DW): 250.0}
     monkeypatch.setattr(zz, "_spec_cycles", lambda job: cycles[zz.cache_key(job[0])])
     seen: list[set[str]] = []

@@ -24,6 +24,7 @@ from rewriter.cost import zigzag as zz  # noqa: E402
 from rewriter.cost import zigzag_models as zm  # noqa: E402
 from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.graph_io import Model, model_from_proto  # noqa: E402
+from rewriter.parallel import SerialExecutor  # noqa: E402
 from rewriter.passes import get_pass  # noqa: E402
 from rewriter.rewrite import apply_pass  # noqa: E402
 
@@ -71,7 +72,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def kernels(tiny: Model, dense: Model, cache: Path):
-    return zm.simulate_kernels_ms([tiny, dense], ACCELERATOR, workers=1, cache_dir=cache)
+    return zm.simulate_kernels_ms([tiny, dense], ACCELERATOR, executor=SerialExecutor(),
+                                  cache_dir=cache)
 
 
 def test_model_latency_is_the_sum_of_its_simulated_layers(tiny, kernels, cache) -> None:

@@ -107,7 +107,7 @@ def test_zigzag_layers_on_ray_match_the_serial_simulation(ray_instance, tmp_path
     layers = [OpSpec("conv1x1", cin=16, cout=8, h_in=8, w_in=8, h_out=8, w_out=8),
               OpSpec("conv", cin=8, cout=16, h_in=8, w_in=8, h_out=8, w_out=8, kh=3, kw=3)]
     serial = zz.measure_zigzag(layers, "edge_tpu_like", cache_dir=tmp_path / "serial",
-                               workers=1, progress=False)
+                               executor=SerialExecutor(), progress=False)
     with RayExecutor("local", 2) as executor:
         on_ray = zz.measure_zigzag(layers, "edge_tpu_like", cache_dir=tmp_path / "ray",
                                    executor=executor, progress=False)
