@@ -4,8 +4,10 @@ The search's recovery budget is wall time, so what a run reaches depends on the 
 step-matched runs separate the method from the machine. PaddleOCR's text-direction
 classifier (rapidocr wheel) on edge-tpu-zz, with its largest fused-IBN sites applied
 (`--changes top8`: the 8 largest of 11, -51% estimated latency; `all`: all 11, -58%):
-refit, then distilled for `--steps` optimiser steps at each `--lr` (and `--batch`), each
-run from the same refitted student. Data as in benchmarks/recovery.py: calibration 3,000
+refit, then distilled for `--steps` optimiser steps at each `--lr` (and `--batch`), without
+and with a first share of the steps spent on the fused convs alone, their inputs forced to
+the teacher's (`--forced-share`, rewriter.forced_reconstruction), each run from the same
+refitted student. Data as in benchmarks/recovery.py: calibration 3,000
 (`--lines`) text lines of layouts a and b (a quarter of the sources held out for early stopping),
 --eval-data 2,000 lines of other seeds (the figure the search's floor is judged on), and
 400 lines of layout c never seen (independent); also on 1,000 of the lines it was
@@ -13,6 +15,7 @@ trained on (unaugmented), to tell a student that cannot fit the teacher from one
 does not generalise. Uses CUDA when PyTorch sees it.
 
     python benchmarks/distill_steps.py                       # 2000 steps at lr 3e-4, 1e-4, 1e-3
+    python benchmarks/distill_steps.py --lr 1e-4             # without and with forced steps
     python benchmarks/distill_steps.py --steps 200 --lr 1e-4 # a quick look
     python benchmarks/distill_steps.py --lines 12000         # four times the calibration data
 """
@@ -33,6 +36,7 @@ from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.data import Preprocess, load_samples  # noqa: E402
 from rewriter.distill import FEATURE_WEIGHT, distill  # noqa: E402
 from rewriter.fidelity import measure_fidelity  # noqa: E402
+from rewriter.forced_reconstruction import FORCED_SHARE  # noqa: E402
 from rewriter.graph_io import load_model  # noqa: E402
 from rewriter.reconstruct import refit  # noqa: E402
 from rewriter.recovery import BATCH, evaluate, prepare_data  # noqa: E402
@@ -54,6 +58,10 @@ def main() -> None:
     parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT,
                         help="weight of the block-boundary tensors' loss against the "
                              f"output loss (default {FEATURE_WEIGHT:g})")
+    parser.add_argument("--forced-share", default=f"0,{FORCED_SHARE:g}",
+                        help="comma-separated shares of the steps spent first on the fused "
+                             "convs alone with the teacher's inputs forced (default "
+                             f"0,{FORCED_SHARE:g}: without, and as recovery does)")
     parser.add_argument("--lines", type=int, default=3000,
                         help="calibration text lines, half of layout a, half of b (default "
                              "3000, as recovery.py; a quarter of them held out)")
@@ -89,18 +97,22 @@ def main() -> None:
                 f"{own.value('top1'):.4f} ({own.samples})", device, f"{seconds:.0f}"]
 
     start = time.perf_counter()
+    changed = list(student.changes.refit)  # the fused convs
     student = refit(original, student, data.fit.batches(BATCH))
     rows = [row("refit", student, time.perf_counter() - start)]
-    for lr in (float(x) for x in args.lr.split(",")):
+    shares = [float(x) for x in args.forced_share.split(",")]
+    for lr, share in ((float(x), y) for x in args.lr.split(",") for y in shares):
         start = time.perf_counter()
         result = distill(original, student, data.fit.inputs, data.val.inputs,
                          steps=args.steps, lr=lr, batch=args.batch, seed=0,
-                         feature_weight=args.feature_weight)
+                         feature_weight=args.feature_weight, reconstruct=changed,
+                         forced_share=share)
         features = ("" if args.feature_weight == FEATURE_WEIGHT
                     else f", features x{args.feature_weight:g}")
-        rows.append(row(f"{result.steps} steps, lr {lr:g}, batch {args.batch}{features} (best at "
-                        f"{result.best_step})", result.model, time.perf_counter() - start,
-                        result.device))
+        forced = f"{result.forced_steps} forced + " if result.forced_steps else ""
+        rows.append(row(f"{forced}{result.steps} steps, lr {lr:g}, batch {args.batch}"
+                        f"{features} (best at {result.best_step})", result.model,
+                        time.perf_counter() - start, result.device))
     print(f"PP-OCR cls, {len(genes)} fused IBNs, edge-tpu-zz "
           f"{100 * (after_ms - before_ms) / before_ms:+.1f}% (top-1 agreement with the "
           "original; samples in brackets)")

@@ -71,11 +71,12 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from rewriter.errors import BadInputError, MissingExtraError, VerificationError
+from rewriter.forced_reconstruction import FORCED_SHARE, ForcedResult, reconstruct_forced
 from rewriter.graph_io import Model
 
 __all__ = ["DistillResult", "HistoryEntry", "distill"]
@@ -154,6 +155,7 @@ class DistillResult:
     best_fidelity: float
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
+    forced_steps: int = 0  # steps of teacher-forced reconstruction before (not in `steps`)
 
 
 def _torch() -> Any:
@@ -369,6 +371,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
             feature_weight: float = FEATURE_WEIGHT,
             patience: int = PATIENCE, eval_every: int | None = None,
             augment: bool | Augmentation = True, threads: int | None = None,
+            reconstruct: Sequence[str] = (), forced_share: float = FORCED_SHARE,
             progress: bool = False) -> DistillResult:
     """Train `student`'s weights to reproduce `teacher`'s outputs; see the module docstring.
 
@@ -377,7 +380,10 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
     budget). seconds / steps: the budget (at least one; both: whichever ends first).
     batch: samples per optimiser step. eval_every: steps between held-out evaluations
     (default: about EVALUATIONS per run). threads: torch's CPU threads during the run
-    (default: as set). Returns the student with the best state's weights written back.
+    (default: as set). reconstruct: student nodes (the changed ones) to fit first, each
+    with its inputs forced to the teacher's (`rewriter.forced_reconstruction`), for
+    `forced_share` of the budget. Returns the student with the best state's weights
+    written back.
     """
     torch = _torch()
     from rewriter.torch_graph import TorchGraph
@@ -386,6 +392,8 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
         raise BadInputError("distill needs a budget: seconds or steps")
     if steps is not None and steps < 0 or seconds is not None and seconds < 0:
         raise BadInputError("distill: the budget must not be negative")
+    if not 0 <= forced_share < 1:
+        raise BadInputError("distill: forced_share must be in [0, 1)")
     if batch < 1 or lr < 0:
         raise BadInputError("distill: batch must be positive and lr non-negative")
     started = time.perf_counter()
@@ -410,14 +418,15 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
 
         fit_reference = _run(torch, teacher_net, fit, device)
         kinds = {name: _output_kind(value) for name, value in fit_reference.items()}
-        taps: dict[str, float] = {}
-        if feature_weight > 0:
+        boundaries: dict[str, float] = {}  # tap -> the teacher's variance of it
+        if feature_weight > 0 or reconstruct:
             names = feature_taps(teacher, student)
             teacher_net.taps = student_net.taps = names
             tapped = _run(torch, teacher_net, {k: v[:EVAL_BATCH] for k, v in fit.items()},
                           device)
-            taps = {n: max(float(tapped[n].var()), 1e-12) for n in names}
+            boundaries = {n: max(float(tapped[n].var()), 1e-12) for n in names}
             teacher_net.taps = student_net.taps = []
+        taps = boundaries if feature_weight > 0 else {}
         metric = "top1" if all(k.classifier for k in kinds.values()) else "cosine"
         score_inputs = held if held is not None else fit
         score_reference = (_run(torch, teacher_net, held, device) if held is not None
@@ -437,6 +446,18 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
             student_net.train()
             return result
 
+        order: list[int] = []
+
+        def next_batch() -> dict[str, Any]:
+            """The next training batch, augmented; batches cycle through seeded
+            permutations, so every input is used."""
+            while len(order) < batch:
+                order.extend(rng.permutation(count).tolist())
+            index = torch.as_tensor(order[:batch])
+            del order[:batch]
+            feeds = {k: v[index].to(device) for k, v in fit_t.items()}
+            return feeds if how is None else _augment(torch, feeds, rng, stds, how)
+
         t0 = time.perf_counter()
         initial = evaluate()
         eval_seconds = time.perf_counter() - t0
@@ -448,9 +469,19 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
         every = eval_every
         if every is None and total is not None:
             every = max(MIN_EVAL_EVERY, total // EVALUATIONS)
+        forced = ForcedResult(0, math.nan, math.nan)
+        if reconstruct and forced_share > 0:
+            forced = reconstruct_forced(
+                torch, teacher_net, student_net, reconstruct, boundaries, next_batch,
+                steps=None if steps is None else round(forced_share * steps),
+                seconds=None if seconds is None else forced_share * seconds)
+            if steps is not None:
+                steps = max(0, steps - forced.steps)
+                total = steps if seconds is None else None
+                if eval_every is None and total is not None:
+                    every = max(MIN_EVAL_EVERY, total // EVALUATIONS)
         stale = 0
         stopped = "steps"
-        order: list[int] = []
         losses: list[float] = []
         step = 0
         timing_start = 0.0
@@ -490,14 +521,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
                 if steps is not None and step >= steps:  # before a time plan exists
                     stopped = "steps"
                     break
-                # batches cycle through seeded permutations, so every input is used
-                while len(order) < batch:
-                    order.extend(rng.permutation(count).tolist())
-                index = torch.as_tensor(order[:batch])
-                del order[:batch]
-                feeds = {k: v[index].to(device) for k, v in fit_t.items()}
-                if how is not None:
-                    feeds = _augment(torch, feeds, rng, stds, how)
+                feeds = next_batch()
                 warm = min(WARMUP_STEPS, max(1, (total or 10 * WARMUP_STEPS) // 10))
                 factor = min(1.0, (step + 1) / warm)
                 if total is not None:
@@ -566,7 +590,8 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
     return DistillResult(
         model=trained, history=history, best_step=best_step, stopped=stopped, steps=step,
         seconds=time.perf_counter() - started, metric=metric, initial_fidelity=initial[0],
-        best_fidelity=best[0], device=str(device), warnings=warnings)
+        best_fidelity=best[0], device=str(device), warnings=warnings,
+        forced_steps=forced.steps)
 
 
 def _check_written(torch: Any, module: Any, model: Model,

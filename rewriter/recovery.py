@@ -229,11 +229,15 @@ class Trained(NamedTuple):
 
 
 def train(original: Model, student: Model, data: FidelityData, method: str,
-          budget: RecoveryBudget, seed: int = 0, progress: bool = False) -> Trained:
+          budget: RecoveryBudget, seed: int = 0, progress: bool = False,
+          changed: Sequence[str] | None = None) -> Trained:
     """The student refitted (if the pass recorded what to refit) and, with 'distill',
-    trained against the original."""
+    trained against the original: the changed nodes (`changed`, default: what the pass
+    recorded to refit) first alone with the teacher's inputs forced
+    (`rewriter.forced_reconstruction`), then every weight end to end."""
     from rewriter.reconstruct import refit
 
+    changed = list(student.changes.refit if changed is None else changed)
     fit_batches = data.fit.batches(BATCH)
     if student.changes.refit:
         student = refit(original, student, fit_batches, progress=progress)
@@ -243,7 +247,8 @@ def train(original: Model, student: Model, data: FidelityData, method: str,
 
     result = distill(original, student, data.fit.inputs,
                      None if data.val is None else data.val.inputs,
-                     seconds=budget.seconds, steps=budget.steps, seed=seed, progress=progress)
+                     seconds=budget.seconds, steps=budget.steps, seed=seed,
+                     reconstruct=changed, progress=progress)
     history = [tuple(h) if not hasattr(h, "step") else (h.step, h.loss, h.fidelity)
                for h in result.history]
     steps = max((int(h[0]) for h in history), default=0)
@@ -265,12 +270,13 @@ def refit_and_train(original: Model, student: Model, data: FidelityData, method:
     """Refit what the change recorded, train (`train`), and measure on eval: (what
     training gave, the fidelity after with `before_recovery` set to the refitted
     student's). Refit only: the model is the refitted student, measured once."""
-    if student.changes.refit:  # the initial weights are not the figure a user compares with
+    changed = list(student.changes.refit)
+    if changed:  # the initial weights are not the figure a user compares with
         from rewriter.reconstruct import refit
 
         student = refit(original, student, data.fit.batches(BATCH), progress=progress)
     before = evaluate(original, student, data, reference)
-    trained = train(original, student, data, method, budget, seed, progress)
+    trained = train(original, student, data, method, budget, seed, progress, changed)
     after = (dataclasses.replace(before) if method == "refit"
              else evaluate(original, trained.model, data, reference))
     after.before_recovery = before

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -107,6 +107,9 @@ class TorchGraph(nn.Module):
         self.input_names = [t.name for t in graph.inputs]
         self.output_names = [t.name for t in graph.outputs]
         self.taps: list[str] = []  # intermediate tensors forward() also returns
+        # tensors replaced by given values (teacher forcing): the nodes after one read the
+        # given tensor; a tap of a forced name still returns what this graph computed
+        self.forced: Mapping[str, torch.Tensor] = {}
         self.nodes: list[_Node] = []
         constants: dict[str, gs.Constant] = {}
         producers: dict[str, str] = {}
@@ -174,6 +177,14 @@ class TorchGraph(nn.Module):
         """{initializer name: parameter} for every trainable initializer."""
         return {name: self.params[key] for name, key in self._param_keys.items()}
 
+    def node_parameters(self, nodes: Iterable[str]) -> list["nn.Parameter"]:
+        """The trainable initializers read by the named nodes, each once."""
+        wanted = set(nodes)
+        keys = dict.fromkeys(self._param_keys[name] for node in self.nodes
+                             if node.name in wanted for name in node.inputs
+                             if name in self._param_keys)
+        return [self.params[key] for key in keys]
+
     def write_back(self, model: Model) -> Model:
         """A copy of `model` (the one this module was built from, or a copy of it) with
         the current parameter values written into the same initializers, in their
@@ -224,6 +235,7 @@ class TorchGraph(nn.Module):
             env[name] = self._value(name)
         for name in self._param_keys:
             env[name] = self._value(name)
+        computed: dict[str, torch.Tensor] = {}
         for index, node in enumerate(self.nodes):
             inputs = [env[n] if n else None for n in node.inputs]
             try:
@@ -235,12 +247,16 @@ class TorchGraph(nn.Module):
                     f"TorchGraph: {node.op} node '{node.name}' failed: {exc}") from exc
             for name, value in zip(node.outputs, outputs):
                 if name:
+                    if name in self.forced:
+                        computed[name] = value
+                        value = self.forced[name]
                     env[name] = value
             for name in node.inputs:
                 if name and self._last_use.get(name) == index and name not in self._param_keys \
                         and name not in self._const_keys and name not in self.taps:
                     env.pop(name, None)
-        return {name: env[name] for name in [*self.output_names, *self.taps]}
+        return {name: computed.get(name, env[name])
+                for name in [*self.output_names, *self.taps]}
 
 
 # -- op implementations -----------------------------------------------------------------

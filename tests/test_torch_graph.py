@@ -121,6 +121,33 @@ def test_weights_are_parameters_and_statistics_buffers(mnv2):
     assert torch.equal(a, b)
 
 
+def test_forced_tensor_is_read_downstream_and_its_own_value_returned(mnv2):
+    """Teacher forcing: nodes after a forced tensor read the given value; a tap of it
+    still returns what the graph computed there."""
+    feeds = _feeds(mnv2)
+    net = TorchGraph(mnv2)
+    convs = [n for n in mnv2.graph.nodes if n.op == "Conv"]
+    name = convs[len(convs) // 2].inputs[0].name  # a tensor half-way through
+    net.taps = [name]
+    with torch.no_grad():
+        plain = net(feeds)
+        net.forced = {name: plain[name]}
+        same = net(feeds)
+        net.forced = {name: torch.zeros_like(plain[name])}
+        zeroed = net(feeds)
+        net.forced = {}
+        other = net(_feeds(mnv2, seed=1))
+        net.forced = {name: plain[name]}
+        steered = net(_feeds(mnv2, seed=1))
+    assert torch.equal(same["logits"], plain["logits"])
+    assert not torch.allclose(zeroed["logits"], plain["logits"], atol=1e-3)
+    assert torch.equal(zeroed[name], plain[name])  # the computed value, not the forced
+    # other inputs with the first inputs' tensor forced: what follows reads the forced
+    # value (residual branches still bring the new inputs' own)
+    assert not torch.allclose(steered["logits"], other["logits"], atol=1e-3)
+    assert torch.equal(steered[name], other[name])
+
+
 def test_float64_reference_run(mnv2):
     feeds = _feeds(mnv2)
     net = TorchGraph(mnv2)
