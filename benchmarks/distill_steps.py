@@ -16,6 +16,7 @@ does not generalise. Uses CUDA when PyTorch sees it.
 
     python benchmarks/distill_steps.py                       # 2000 steps at lr 3e-4, 1e-4, 1e-3
     python benchmarks/distill_steps.py --lr 1e-4             # without and with forced steps
+    python benchmarks/distill_steps.py --lr 1e-4 --seed 1    # the same, another seed
     python benchmarks/distill_steps.py --steps 200 --lr 1e-4 # a quick look
     python benchmarks/distill_steps.py --lines 12000         # four times the calibration data
 """
@@ -62,6 +63,8 @@ def main() -> None:
                         help="comma-separated shares of the steps spent first on the fused "
                              "convs alone with the teacher's inputs forced (default "
                              f"0,{FORCED_SHARE:g}: without, and as recovery does)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="distillation seed (batches, augmentation; default 0)")
     parser.add_argument("--lines", type=int, default=3000,
                         help="calibration text lines, half of layout a, half of b (default "
                              "3000, as recovery.py; a quarter of them held out)")
@@ -104,7 +107,7 @@ def main() -> None:
     for lr, share in ((float(x), y) for x in args.lr.split(",") for y in shares):
         start = time.perf_counter()
         result = distill(original, student, data.fit.inputs, data.val.inputs,
-                         steps=args.steps, lr=lr, batch=args.batch, seed=0,
+                         steps=args.steps, lr=lr, batch=args.batch, seed=args.seed,
                          feature_weight=args.feature_weight, reconstruct=changed,
                          forced_share=share)
         features = ("" if args.feature_weight == FEATURE_WEIGHT

@@ -46,6 +46,11 @@ cost of one held-out evaluation), so that the cosine ends when the time does. Gr
 norms are clipped (CLIP_NORM): the refit student can be far from the teacher, and one bad
 batch early on should not throw away what the refit found.
 
+First phase (`reconstruct`: the nodes a change recorded): FORCED_SHARE of the budget
+trains only those nodes, every block boundary forced to the teacher's value, to reproduce
+the teacher's next boundaries through their activations (`rewriter.forced_reconstruction`);
+then every weight trains end to end as above.
+
 Early stopping: every few steps the student is evaluated on the held-out inputs (never
 augmented, never trained on): the output part of the training loss on them (KL or
 normalised MSE, which is smooth, where top-1 agreement on a few hundred inputs moves by

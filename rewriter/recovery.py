@@ -257,6 +257,30 @@ def train(original: Model, student: Model, data: FidelityData, method: str,
     return Trained(result.model, steps, history, improving)
 
 
+def changed_nodes(original: Model, rewritten: Model) -> list[str]:
+    """The rewritten model's Conv/Gemm/MatMul nodes whose weights are not the original's:
+    a name the original lacks, or a weight of another shape or other values. What a
+    change changed, for a rewritten model read from a file (`Model.changes` is not
+    written to ONNX)."""
+    def weights(model: Model) -> dict[str, np.ndarray | None]:
+        found: dict[str, np.ndarray | None] = {}
+        for node in model.graph.nodes:
+            if node.op in ("Conv", "Gemm", "MatMul"):
+                weight = node.inputs[1] if len(node.inputs) > 1 else None
+                found[node.name] = (np.asarray(weight.values) if hasattr(weight, "values")
+                                    else None)
+        return found
+
+    before = weights(original)
+    changed = []
+    for name, weight in weights(rewritten).items():
+        old = before.get(name)
+        if weight is not None and (old is None or old.shape != weight.shape
+                                   or not np.array_equal(old, weight)):
+            changed.append(name)
+    return changed
+
+
 def evaluate(original: Model, candidate: Model, data: FidelityData,
              reference: Mapping[str, np.ndarray] | None = None) -> Fidelity:
     return measure_fidelity(original, candidate, data.eval.batches(BATCH), reference,
@@ -270,8 +294,8 @@ def refit_and_train(original: Model, student: Model, data: FidelityData, method:
     """Refit what the change recorded, train (`train`), and measure on eval: (what
     training gave, the fidelity after with `before_recovery` set to the refitted
     student's). Refit only: the model is the refitted student, measured once."""
-    changed = list(student.changes.refit)
-    if changed:  # the initial weights are not the figure a user compares with
+    changed = list(student.changes.refit) or changed_nodes(original, student)
+    if student.changes.refit:  # the initial weights are not the figure a user compares with
         from rewriter.reconstruct import refit
 
         student = refit(original, student, data.fit.batches(BATCH), progress=progress)

@@ -319,3 +319,19 @@ def test_distill_spends_a_share_of_its_steps_on_forced_reconstruction(pair, data
     assert plain.forced_steps == 0
     with pytest.raises(BadInputError, match="forced_share"):
         distill(teacher, student, fit, held, steps=2, reconstruct=fused, forced_share=1.0)
+
+
+def test_a_rewritten_model_from_a_file_names_its_changed_nodes(pair, tmp_path):
+    """`Model.changes` is not written to ONNX: `rewriter recover` on files finds the
+    nodes to reconstruct first by their weights."""
+    from rewriter.graph_io import load_model
+    from rewriter.recovery import changed_nodes
+
+    teacher, _ = pair
+    rewritten = apply_pass(teacher, get_pass("fuse-ibn")).model
+    path = tmp_path / "fused.onnx"
+    path.write_bytes(rewritten.to_onnx().SerializeToString())
+    from_file = load_model(path)
+    assert not from_file.changes.refit
+    assert sorted(changed_nodes(teacher, from_file)) == sorted(rewritten.changes.refit)
+    assert changed_nodes(teacher, teacher) == []
