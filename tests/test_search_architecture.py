@@ -264,3 +264,33 @@ def test_a_failed_chunk_is_retried_with_the_changes_that_lost_least_alone(monkey
     assert len(retried) == len(first) // 2
     assert min(alone[label] for label in retried) >= max(
         alone[label] for label in first if label not in retried)
+
+
+def test_changes_that_lose_too_much_alone_are_tried_last():
+    """A change that, refitted alone, loses more than twice the floor's slack (more than
+    distillation has won back) moves behind the others, the rest keep their ranking, and
+    no chunk mixes the two."""
+    import rewriter.search.driver as driver
+    from rewriter.fidelity import Fidelity, OutputFidelity
+
+    alone = {0: 0.99, 1: 0.93, 2: 0.97, 3: 0.955, 4: 0.961}  # change -> top-1 alone
+
+    class Guard:
+        def measure(self, base, genes):
+            (gene,) = genes
+            out = OutputFidelity("y", cosine=1.0, relative_l2=0.0,
+                                 top1_agreement=alone[gene], top5_agreement=1.0)
+            return Fidelity((out,), samples=600)
+
+    stage = object.__new__(driver._RecoveryStage)
+    stage.floor, stage.metric, stage.guard = 0.98, "top1", Guard()
+    # floor 0.98: likely to hold after recovery from 1 - 0.02 / 0.5 = 0.96 alone
+    order, hopeful = stage._hopeful_first((), [1, 0, 3, 2, 4])
+    assert (order, hopeful) == ([0, 2, 4, 1, 3], 3)
+    # chunks of the hopeful changes stop where the unlikely ones begin
+    assert stage._chunk(order, 0, 2, hopeful) == [0, 2]
+    assert stage._chunk(order, 2, 2, hopeful) == [4]
+    assert stage._chunk(order, 1, 8, hopeful) == [2, 4]
+    assert stage._chunk(order, 3, 8, hopeful) == [1, 3]
+    stage.floor = 0.9  # a lower floor: every change may hold it
+    assert stage._hopeful_first((), [1, 0, 3, 2, 4]) == ([1, 0, 3, 2, 4], 5)
