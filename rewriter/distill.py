@@ -81,7 +81,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from rewriter.errors import BadInputError, MissingExtraError, VerificationError
-from rewriter.forced_reconstruction import FORCED_SHARE, ForcedResult, reconstruct_forced
+from rewriter.forced_reconstruction import FORCED_SHARE, NOTHING_RAN, reconstruct_forced
 from rewriter.graph_io import Model
 
 __all__ = ["DistillResult", "HistoryEntry", "distill"]
@@ -213,6 +213,20 @@ def feature_taps(teacher: Model, student: Model) -> list[str]:
         if same:
             taps[name] = None
     return list(taps)
+
+
+def boundary_variances(torch: Any, teacher_net: Any, names: list[str],
+                       inputs: Mapping[str, np.ndarray], device: Any = "cpu"
+                       ) -> dict[str, float]:
+    """Tap -> the teacher's variance of it over the first inputs (what makes each
+    boundary's squared error scale-free)."""
+    teacher_net.taps = names
+    try:
+        tapped = _run(torch, teacher_net, {k: v[:EVAL_BATCH] for k, v in inputs.items()},
+                      device)
+    finally:
+        teacher_net.taps = []
+    return {n: max(float(tapped[n].var()), 1e-12) for n in names}
 
 
 def _loss(torch: Any, kinds: Mapping[str, _OutputKind], student: Mapping[str, Any],
@@ -423,14 +437,9 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
 
         fit_reference = _run(torch, teacher_net, fit, device)
         kinds = {name: _output_kind(value) for name, value in fit_reference.items()}
-        boundaries: dict[str, float] = {}  # tap -> the teacher's variance of it
-        if feature_weight > 0 or reconstruct:
-            names = feature_taps(teacher, student)
-            teacher_net.taps = student_net.taps = names
-            tapped = _run(torch, teacher_net, {k: v[:EVAL_BATCH] for k, v in fit.items()},
-                          device)
-            boundaries = {n: max(float(tapped[n].var()), 1e-12) for n in names}
-            teacher_net.taps = student_net.taps = []
+        boundaries = (boundary_variances(torch, teacher_net, feature_taps(teacher, student),
+                                         fit, device)
+                      if feature_weight > 0 or reconstruct else {})
         taps = boundaries if feature_weight > 0 else {}
         metric = "top1" if all(k.classifier for k in kinds.values()) else "cosine"
         score_inputs = held if held is not None else fit
@@ -474,7 +483,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
         every = eval_every
         if every is None and total is not None:
             every = max(MIN_EVAL_EVERY, total // EVALUATIONS)
-        forced = ForcedResult(0, math.nan, math.nan)
+        forced = NOTHING_RAN
         if reconstruct and forced_share > 0:
             forced = reconstruct_forced(
                 torch, teacher_net, student_net, reconstruct, boundaries, next_batch,

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["FORCED_LR", "FORCED_SHARE", "ForcedResult", "reconstruct_forced"]
+__all__ = ["FORCED_LR", "FORCED_SHARE", "NOTHING_RAN", "ForcedResult", "reconstruct_forced"]
 
 FORCED_SHARE = 0.1  # of distillation's budget (steps or seconds)
 FORCED_LR = 1e-3
@@ -51,6 +51,9 @@ class ForcedResult:
     last_loss: float
 
 
+NOTHING_RAN = ForcedResult(0, math.nan, math.nan)
+
+
 def reconstruct_forced(torch: Any, teacher_net: Any, student_net: Any, changed: Sequence[str],
                        taps: Mapping[str, float], next_batch: Callable[[], dict[str, Any]],
                        *, steps: int | None = None, seconds: float | None = None,
@@ -65,9 +68,9 @@ def reconstruct_forced(torch: Any, teacher_net: Any, student_net: Any, changed: 
     """
     chosen = student_net.node_parameters(changed)
     if not chosen or not taps or (steps is None and seconds is None) or steps == 0:
-        return ForcedResult(0, math.nan, math.nan)
-    frozen = [p for p in student_net.parameters() if p.requires_grad and
-              all(p is not c for c in chosen)]
+        return NOTHING_RAN
+    ids = {id(p) for p in chosen}
+    frozen = [p for p in student_net.parameters() if p.requires_grad and id(p) not in ids]
     for param in frozen:
         param.requires_grad_(False)
     optimizer = torch.optim.AdamW(chosen, lr=lr, weight_decay=0.0)
@@ -75,6 +78,7 @@ def reconstruct_forced(torch: Any, teacher_net: Any, student_net: Any, changed: 
     losses: list[float] = []
     step, total = 0, steps
     started = time.perf_counter()
+    teacher_net.taps = student_net.taps = names
     try:
         while total is None or step < total:
             elapsed = time.perf_counter() - started
@@ -87,15 +91,10 @@ def reconstruct_forced(torch: Any, teacher_net: Any, student_net: Any, changed: 
             if total:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(step / total, 1)))
-            teacher_net.taps = student_net.taps = names
             with torch.no_grad():
                 target = teacher_net(feeds)
             student_net.forced = {n: target[n] for n in names}
-            try:
-                got = student_net(feeds)
-            finally:
-                student_net.forced = {}
-                teacher_net.taps = student_net.taps = []
+            got = student_net(feeds)
             # only what the chosen weights reach carries a gradient; the rest is constant
             terms = [((got[n] - target[n]) ** 2).mean() / taps[n]
                      for n in names if got[n].requires_grad]
@@ -112,9 +111,11 @@ def reconstruct_forced(torch: Any, teacher_net: Any, student_net: Any, changed: 
             losses.append(value)
             step += 1
     finally:
+        student_net.forced = {}
+        teacher_net.taps = student_net.taps = []
         for param in frozen:
             param.requires_grad_(True)
     if not losses:
-        return ForcedResult(0, math.nan, math.nan)
+        return NOTHING_RAN
     tenth = max(1, len(losses) // 10)
     return ForcedResult(step, sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth)

@@ -289,12 +289,13 @@ def evaluate(original: Model, candidate: Model, data: FidelityData,
 
 def refit_and_train(original: Model, student: Model, data: FidelityData, method: str,
                     budget: RecoveryBudget, seed: int = 0, progress: bool = False,
-                    reference: Mapping[str, np.ndarray] | None = None
-                    ) -> tuple[Trained, Fidelity]:
-    """Refit what the change recorded, train (`train`), and measure on eval: (what
-    training gave, the fidelity after with `before_recovery` set to the refitted
-    student's). Refit only: the model is the refitted student, measured once."""
-    changed = list(student.changes.refit) or changed_nodes(original, student)
+                    reference: Mapping[str, np.ndarray] | None = None,
+                    changed: Sequence[str] | None = None) -> tuple[Trained, Fidelity]:
+    """Refit what the change recorded, train (`train`; `changed`: the nodes to fit first,
+    default what the change recorded), and measure on eval: (what training gave, the
+    fidelity after with `before_recovery` set to the refitted student's). Refit only: the
+    model is the refitted student, measured once."""
+    changed = list(student.changes.refit if changed is None else changed)
     if student.changes.refit:  # the initial weights are not the figure a user compares with
         from rewriter.reconstruct import refit
 
@@ -338,8 +339,11 @@ def recover(original: Model | str | Path, rewritten: Model | str | Path,
     warnings = list(data.warnings)
     method = resolve_method(method, warnings)
     reference = _reference(teacher, data)
+    # a rewritten model read from a file has no record of what changed: its weights tell
+    changed = student.changes.refit or changed_nodes(teacher, student)
     (model, steps, history, _), after = refit_and_train(teacher, student, data, method,
-                                                         budget, seed, progress, reference)
+                                                         budget, seed, progress, reference,
+                                                         changed)
     label = (student.changes.label() if student.changes.passes
              else student.metadata.get(METADATA_KEY) or "architecture changed")
     model.metadata[METADATA_KEY] = label_recovered(label, method, after, metric)

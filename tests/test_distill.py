@@ -58,15 +58,23 @@ def data() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def pair(data) -> tuple[Model, Model]:
-    """(teacher, student): MobileNetV2 0.5/64, every IBN fused (fuse-ibn), ridge-refitted
-    on the fitting inputs."""
+def fused_model() -> Model:
+    """MobileNetV2 0.5/64 with every IBN fused (fuse-ibn), before any refit:
+    `changes.refit` names the fused convs."""
     teacher = model_from_proto(zoo.build("mobilenetv2", width=0.5, resolution=RESOLUTION,
                                          fold_bn=True))
-    student = apply_pass(teacher, get_pass("fuse-ibn")).model
+    return apply_pass(teacher, get_pass("fuse-ibn")).model
+
+
+@pytest.fixture(scope="module")
+def pair(data, fused_model) -> tuple[Model, Model]:
+    """(teacher, student): MobileNetV2 0.5/64 and `fused_model` ridge-refitted on the
+    fitting inputs."""
+    teacher = model_from_proto(zoo.build("mobilenetv2", width=0.5, resolution=RESOLUTION,
+                                         fold_bn=True))
     fit = data[0]["input"]
     batches = [{"input": fit[i:i + 8]} for i in range(0, len(fit), 8)]
-    return teacher, refit(teacher, student, batches)
+    return teacher, refit(teacher, fused_model, batches)
 
 
 def _fidelity(teacher: Model, model: Model, held: dict[str, np.ndarray]):
@@ -247,11 +255,6 @@ def test_early_stopping_loss_is_the_training_loss_on_held_out_outputs():
     assert _held_loss(torch, kinds, teacher, teacher, t_) == pytest.approx(0.0, abs=1e-9)
 
 
-def _fused(teacher: Model) -> list[str]:
-    """The nodes fuse-ibn recorded as changed (what the pair's student refitted)."""
-    return list(apply_pass(teacher, get_pass("fuse-ibn")).model.changes.refit)
-
-
 def _boundary_error(teacher: Model, student: Model, held: dict[str, np.ndarray],
                     taps: list[str]) -> dict[str, float]:
     """Per boundary: the student's squared error with every boundary forced to the
@@ -267,24 +270,20 @@ def _boundary_error(teacher: Model, student: Model, held: dict[str, np.ndarray],
     return {n: float(((got[n] - want[n]) ** 2).mean() / want[n].var()) for n in taps}
 
 
-def test_forced_reconstruction_fits_the_changed_layers_alone(pair, data):
+def test_forced_reconstruction_fits_the_changed_layers_alone(pair, data, fused_model):
     """The fused convs, trained with their inputs forced to the teacher's, come closer to
     the teacher's next boundary on held-out photos; no other weight moves."""
-    from rewriter.distill import EVAL_BATCH, feature_taps
+    from rewriter.distill import boundary_variances, feature_taps
     from rewriter.forced_reconstruction import reconstruct_forced
     from rewriter.torch_graph import TorchGraph
 
     teacher, student = pair
     fit, held = data
-    fused = _fused(teacher)
+    fused = fused_model.changes.refit
     assert len(fused) >= 5
     taps = feature_taps(teacher, student)
     t_net, s_net = TorchGraph(teacher, trainable=False), TorchGraph(student)
-    t_net.taps = taps
-    with torch.no_grad():
-        reference = t_net({"input": torch.as_tensor(fit["input"][:EVAL_BATCH])})
-    t_net.taps = []
-    variances = {n: float(reference[n].var()) for n in taps}
+    variances = boundary_variances(torch, t_net, taps, fit)
     rng = np.random.default_rng(0)
     x = torch.as_tensor(fit["input"])
 
@@ -307,10 +306,11 @@ def test_forced_reconstruction_fits_the_changed_layers_alone(pair, data):
     assert any(not np.array_equal(old[k], new[k]) for k in reads if k in old)
 
 
-def test_distill_spends_a_share_of_its_steps_on_forced_reconstruction(pair, data):
+def test_distill_spends_a_share_of_its_steps_on_forced_reconstruction(pair, data,
+                                                                     fused_model):
     teacher, student = pair
     fit, held = data
-    fused = _fused(teacher)
+    fused = fused_model.changes.refit
     result = distill(teacher, student, fit, held, steps=20, seed=0, eval_every=5,
                      threads=THREADS, reconstruct=fused, forced_share=0.25)
     assert result.forced_steps == 5 and result.steps <= 15
@@ -321,17 +321,33 @@ def test_distill_spends_a_share_of_its_steps_on_forced_reconstruction(pair, data
         distill(teacher, student, fit, held, steps=2, reconstruct=fused, forced_share=1.0)
 
 
-def test_a_rewritten_model_from_a_file_names_its_changed_nodes(pair, tmp_path):
+def test_a_rewritten_model_from_a_file_names_its_changed_nodes(pair, fused_model, data,
+                                                                tmp_path, monkeypatch):
     """`Model.changes` is not written to ONNX: `rewriter recover` on files finds the
-    nodes to reconstruct first by their weights."""
+    nodes to reconstruct first by their weights, and distills them first."""
     from rewriter.graph_io import load_model
     from rewriter.recovery import changed_nodes
 
-    teacher, _ = pair
-    rewritten = apply_pass(teacher, get_pass("fuse-ibn")).model
+    teacher, rewritten = pair[0], fused_model
     path = tmp_path / "fused.onnx"
     path.write_bytes(rewritten.to_onnx().SerializeToString())
     from_file = load_model(path)
     assert not from_file.changes.refit
     assert sorted(changed_nodes(teacher, from_file)) == sorted(rewritten.changes.refit)
     assert changed_nodes(teacher, teacher) == []
+    # and `recover` hands them to distillation's first phase
+    import rewriter.distill as distill_module
+    from rewriter.recovery import recover
+
+    seen = []
+    real = distill_module.distill
+
+    def spy(*args, **kwargs):
+        seen.append(list(kwargs.get("reconstruct", ())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "distill", spy)
+    x = data[0]["input"]
+    recover(teacher, from_file, [{"input": x[i:i + 4]} for i in range(0, len(x), 4)],
+            budget="4steps")
+    assert [sorted(s) for s in seen] == [sorted(rewritten.changes.refit)]
