@@ -13,6 +13,7 @@ turned 180 degrees so that both classes occur. Glyphs come from Pillow's bundled
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,9 @@ def labelled_line(rng: np.random.Generator, layout: str) -> tuple[np.ndarray, bo
     """One HxWx3 uint8 text line, as a text detector would crop it (the line near the
     middle, filling most of the height), drawn in `layout` ('a': dark on light, left
     aligned, large; 'b': tinted paper and coloured ink (a tenth light on dark), indented,
-    smaller, slightly blurred; 'c': sheared glyphs on a shaded background), and whether it
-    was turned 180 degrees."""
+    smaller, slightly blurred; 'c': sheared glyphs on a shaded background; 'd': a poor scan:
+    grey paper with speckles, the line turned a few degrees, resolution lost and JPEG
+    compressed), and whether it was turned 180 degrees."""
     if layout == "a":
         background = tuple(int(v) for v in rng.integers(215, 256, 3))
         ink = tuple(int(v) for v in rng.integers(0, 60, 3))
@@ -62,6 +64,11 @@ def labelled_line(rng: np.random.Generator, layout: str) -> tuple[np.ndarray, bo
         background = tuple(int(v) for v in rng.integers(120, 240, 3))
         ink = tuple(int(v) for v in rng.integers(0, 90, 3))
         size, x = int(rng.integers(20, 33)), int(rng.integers(2, 30))
+    elif layout == "d":  # a poor scan: grey paper, grey ink
+        grey = int(rng.integers(160, 235))
+        background = (grey, grey, int(grey * rng.uniform(0.9, 1.0)))
+        ink = (int(rng.integers(20, 100)),) * 3
+        size, x = int(rng.integers(18, 32)), int(rng.integers(0, 25))
     else:  # tinted paper and coloured ink, a tenth of lines light on dark
         dark = rng.random() < 0.1
         background = tuple(int(v) for v in (rng.integers(0, 70, 3) if dark
@@ -82,7 +89,9 @@ def labelled_line(rng: np.random.Generator, layout: str) -> tuple[np.ndarray, bo
                                 fillcolor=background)
         shade = np.linspace(float(rng.uniform(0.75, 1.0)), 1.0, WIDTH)[None, :, None]
         image = Image.fromarray((np.asarray(image, np.float32) * shade).astype(np.uint8))
-    if layout != "a" and rng.random() < 0.5:
+    if layout == "d":
+        image = _poor_scan(image, background, rng)
+    if layout in "bc" and rng.random() < 0.5:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.9))))
     upside_down = bool(rng.random() < 0.5)
     if upside_down:
@@ -90,6 +99,24 @@ def labelled_line(rng: np.random.Generator, layout: str) -> tuple[np.ndarray, bo
     array = np.asarray(image, dtype=np.float32)
     array += rng.normal(0.0, 4.0, array.shape)
     return np.clip(array, 0, 255).astype(np.uint8), upside_down
+
+
+def _poor_scan(image: Image.Image, background: tuple[int, ...],
+               rng: np.random.Generator) -> Image.Image:
+    """Speckles, a turn of a few degrees, lost resolution and JPEG compression."""
+    array = np.asarray(image, dtype=np.float32).copy()
+    speckles = rng.random(array.shape[:2]) < 0.01
+    array[speckles] *= rng.uniform(0.3, 0.7)
+    image = Image.fromarray(array.astype(np.uint8)).rotate(
+        float(rng.uniform(-3.0, 3.0)), resample=Image.Resampling.BILINEAR,
+        fillcolor=background)
+    scale = float(rng.uniform(0.45, 0.75))
+    image = image.resize((int(WIDTH * scale), int(HEIGHT * scale)),
+                         Image.Resampling.BILINEAR).resize((WIDTH, HEIGHT),
+                                                           Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(rng.integers(25, 60)))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
 def write_lines(directory: str | Path, count: int, seed: int, layout: str) -> Path:
@@ -112,7 +139,7 @@ def teacher_accuracy(count: int = 300, seed: int = 7) -> str:
 
     model = load_model(rapidocr_models(("cls",))["cls"], SHAPES["cls"])
     rows = []
-    for layout in "abc":
+    for layout in "abcd":
         rng = np.random.default_rng([seed, ord(layout)])
         lines = [labelled_line(rng, layout) for _ in range(count)]
         x = np.stack([(a.astype(np.float32) / 255 - 0.5) / 0.5 for a, _ in lines])
@@ -133,7 +160,7 @@ def main() -> None:
     parser.add_argument("out", nargs="?")
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=["a", "b", "c"], default="a")
+    parser.add_argument("--layout", choices=["a", "b", "c", "d"], default="a")
     args = parser.parse_args()
     if args.accuracy:
         print(teacher_accuracy())
