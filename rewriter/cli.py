@@ -362,7 +362,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         ignored = [flag for flag, value in (
             ("--min-fidelity", args.min_fidelity), ("--calibration", args.calibration),
             ("--eval-data", args.eval_data), ("--recover-budget", args.recover_budget),
-            ("--fidelity-metric", args.fidelity_metric), ("--multipliers", args.multipliers))
+            ("--fidelity-metric", args.fidelity_metric), ("--multipliers", args.multipliers),
+            ("--augment", args.augment))
             if value is not None]
         if ignored:
             verb = "matters" if len(ignored) == 1 else "matter"
@@ -380,7 +381,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                       calibration=args.calibration, eval_data=args.eval_data,
                       preprocess=args.preprocess, recover=args.recover,
                       recover_budget=args.recover_budget,
-                      fidelity_metric=args.fidelity_metric,
+                      fidelity_metric=args.fidelity_metric, augment=args.augment or "auto",
                       passes=args.passes.split(",") if args.passes else None, **given)
     emulated = None
     if args.validate_with == "zigzag":
@@ -554,7 +555,8 @@ def _apply_architecture_change(args: argparse.Namespace, rule, out: Path) -> int
     recovery = recover(folded, result.model, args.calibration, eval_data=args.eval_data,
                        preprocess=args.preprocess, method=args.recover,
                        budget=args.recover_budget, metric=args.fidelity_metric,
-                       seed=args.seed, progress=not args.json and sys.stderr.isatty())
+                       seed=args.seed, progress=not args.json and sys.stderr.isatty(),
+                       augment=args.augment or "auto")
     _write(recovery.model, out)
     summary = {"model": args.model, "pass": rule.name, "exact": False,
                "applied": [s.to_dict() for s in result.applied], **recovery.to_dict(),
@@ -580,7 +582,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
                        args.calibration, eval_data=args.eval_data, preprocess=args.preprocess,
                        method=args.recover, budget=args.recover_budget,
                        metric=args.fidelity_metric, seed=args.seed,
-                       progress=not args.json and sys.stderr.isatty())
+                       progress=not args.json and sys.stderr.isatty(),
+                       augment=args.augment or "auto")
     bound = lower_bound(recovery.fidelity, args.fidelity_metric)
     if args.min_fidelity is not None and bound < args.min_fidelity:
         raise VerificationError(

@@ -158,6 +158,8 @@ def _check_runnable(model) -> None:
 
 
 def _add_recovery_options(p: argparse.ArgumentParser) -> None:
+    from rewriter.distill import AUGMENT_CHOICES
+
     p.add_argument("--calibration", metavar="DATA",
                    help="unlabeled inputs to refit and recover weights: an .npz (input name "
                         "-> array), a folder of JPEG/PNG images or one image (default: "
@@ -173,6 +175,11 @@ def _add_recovery_options(p: argparse.ArgumentParser) -> None:
                         "(the [train] extra; default); refit: layer-wise ridge refit only")
     p.add_argument("--recover-budget", metavar="TIME|Nsteps",
                    help="distillation budget: 90s, 15m, 1h or 500steps (default 5m)")
+    p.add_argument("--augment", choices=AUGMENT_CHOICES,
+                   help="how distillation augments the calibration inputs: auto (default: "
+                        "light crops from 500 inputs on, crops, flips and mixup below), "
+                        "robust (adds small turns, shears, lighting ramps, blur, noise: "
+                        "for deployment inputs broader than the calibration data), none")
     p.add_argument("--fidelity-metric", choices=["top1", "top5", "cosine"],
                    help="what --min-fidelity bounds (default: top1 for classifier outputs, "
                         "else cosine)")

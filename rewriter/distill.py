@@ -28,12 +28,15 @@ Augmentation (fitting inputs only; NCHW inputs at least 8x8): random resized cro
 horizontal flip, light brightness/contrast jitter, and mixup of two inputs (HEAVY); from
 PLENTIFUL fitting inputs on, crops of 0.8..1 of the area with no flip and no mixup
 (LIGHT). The teacher labels every augmented input itself, so the augmented inputs need no
-labels; what they buy
-is more distinct points of the input distribution than the few calibration images give, so
-the student matches the teacher's function near the data and not only at the samples.
-Many inputs cover the data's distribution themselves: then far-fetched inputs (mirrored
-text, half a line, two lines blended) only spend the student's capacity where the model
-is never used.
+labels; what they buy is more distinct points of the input distribution than the few
+calibration images give, so the student matches the teacher's function near the data and
+not only at the samples. Many inputs cover the data's distribution themselves: then
+far-fetched inputs (mirrored text, half a line, two lines blended) only spend the
+student's capacity where the model is never used. When the deployment's inputs are
+broader than the calibration data (another scanner, lighting or layout), ROBUST adds
+small turns and shears (one affine resampling with the crop), a brightness ramp across
+the width, blur, noise and some mixup: the student then matches the teacher around the
+data too, at a small cost on data like the calibration data.
 
 Schedule: AdamW (weight decay on weight tensors only) at DEFAULT_LR = 1e-4, with a short
 linear warm-up and a cosine decay of the learning rate to 0 over the budget. The student
@@ -115,6 +118,11 @@ class Augmentation:
     crop_aspect: tuple[float, float]
     flip: float
     mixup: float
+    rotate: float = 0.0  # degrees, uniform in +- this
+    shear: float = 0.0  # horizontal shear: x shift in pixels per pixel of y, +- this
+    gradient: float = 0.0  # brightness ramp across the width, +- this times the std
+    blur: float = 0.0  # share of samples blurred (by a random amount up to sigma 1 px)
+    noise: float = 0.0  # Gaussian noise up to this times the inputs' std
 
 
 # Few inputs: stray far, so the student meets the teacher's function between them.
@@ -124,10 +132,34 @@ HEAVY = Augmentation((0.35, 1.0), (3 / 4, 4 / 3), 0.5, 0.5)
 # the student capacity it needs on real inputs.
 LIGHT = Augmentation((0.8, 1.0), (0.9, 1.1), 0.0, 0.0)
 PLENTIFUL = 500  # fitting inputs from which LIGHT is the default
+# Inputs the deployment will see that the calibration data lack (another scanner, lighting,
+# layout): LIGHT's crops plus small turns and shears, a brightness ramp, blur, noise and
+# some mixup. It gives up a little fidelity on data like the calibration data for more on
+# data unlike them (benchmarks/README.md, recovery).
+ROBUST = Augmentation((0.8, 1.0), (0.9, 1.1), 0.0, 0.2, rotate=2.0, shear=0.15,
+                      gradient=0.3, blur=0.3, noise=0.05)
+AUGMENTATIONS = {"light": LIGHT, "heavy": HEAVY, "robust": ROBUST}
+AUGMENT_CHOICES = ("auto", *AUGMENTATIONS, "none")
 
 
 def default_augmentation(count: int) -> Augmentation:
     return LIGHT if count >= PLENTIFUL else HEAVY
+
+
+def resolve_augmentation(augment: bool | str | Augmentation, count: int
+                         ) -> Augmentation | None:
+    """The augmentation `augment` names for `count` fitting inputs: 'auto' (or True) is
+    LIGHT from PLENTIFUL inputs on and HEAVY below; 'none' (or False) is None."""
+    if isinstance(augment, Augmentation):
+        return augment
+    if augment is True or augment == "auto":
+        return default_augmentation(count)
+    if augment is False or augment == "none":
+        return None
+    if augment not in AUGMENTATIONS:
+        raise BadInputError(f"unknown --augment {augment!r}; choose "
+                            f"{', '.join(AUGMENT_CHOICES)}")
+    return AUGMENTATIONS[augment]
 
 
 class HistoryEntry(NamedTuple):
@@ -310,6 +342,18 @@ def _augment(torch: Any, batch: dict[str, Any], rng: np.random.Generator,
         theta = np.zeros((n, 2, 3))
         theta[:, 0, 0], theta[:, 0, 2] = width * flip, cx
         theta[:, 1, 1], theta[:, 1, 2] = height, cy
+        if how.rotate or how.shear:
+            # a turn and a shear in pixels, in the [-1, 1] grid coordinates of a
+            # non-square image: A_grid = D^-1 A_px D with D = diag(W/2, H/2)
+            angle = np.deg2rad(rng.uniform(-how.rotate, how.rotate, size=n))
+            shear = rng.uniform(-how.shear, how.shear, size=n)
+            aspect_hw = x.shape[2] / x.shape[3]
+            geometric = np.zeros((n, 2, 2))
+            geometric[:, 0, 0] = np.cos(angle)
+            geometric[:, 0, 1] = (shear * np.cos(angle) - np.sin(angle)) * aspect_hw
+            geometric[:, 1, 0] = np.sin(angle) / aspect_hw
+            geometric[:, 1, 1] = np.cos(angle) + shear * np.sin(angle)
+            theta[:, :, :2] = theta[:, :, :2] @ geometric
         theta_t = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
         grid = F.affine_grid(theta_t, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
@@ -320,7 +364,23 @@ def _augment(torch: Any, batch: dict[str, Any], rng: np.random.Generator,
         shift = torch.as_tensor(rng.uniform(-BRIGHTNESS, BRIGHTNESS, size=n) * stds[name],
                                 dtype=x.dtype, device=x.device).reshape(n, 1, 1, 1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        out[name] = (x - mean) * contrast + mean + shift
+        x = (x - mean) * contrast + mean + shift
+        if how.gradient:
+            ramp = torch.linspace(-1.0, 1.0, x.shape[3], dtype=x.dtype, device=x.device)
+            slope = rng.uniform(-how.gradient, how.gradient, size=n) * stds[name]
+            x = x + torch.as_tensor(slope, dtype=x.dtype, device=x.device).reshape(
+                n, 1, 1, 1) * ramp
+        if how.blur:
+            amount = np.where(rng.random(n) < how.blur, rng.random(n), 0.0)
+            weight = torch.as_tensor(amount, dtype=x.dtype, device=x.device).reshape(
+                n, 1, 1, 1)
+            x = x + weight * (_blurred(torch, x) - x)
+        if how.noise:
+            scale = rng.uniform(0, how.noise, size=n) * stds[name]
+            x = x + torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(
+                n, 1, 1, 1) * torch.as_tensor(rng.standard_normal(tuple(x.shape)),
+                                              dtype=x.dtype, device=x.device)
+        out[name] = x
     # mixup: the same partner and weight for every input of a sample
     mixed = rng.random(n) < how.mixup
     if n > 1 and mixed.any():
@@ -334,6 +394,14 @@ def _augment(torch: Any, batch: dict[str, Any], rng: np.random.Generator,
                 n, *([1] * (x.dim() - 1)))
             out[name] = w * x + (1 - w) * x[torch.as_tensor(partner, device=x.device)]
     return out
+
+
+def _blurred(torch: Any, x: Any) -> Any:
+    """x blurred by a 3x3 Gaussian of sigma 1 px, channel by channel."""
+    taps = torch.tensor([0.2741, 0.4519, 0.2741], dtype=x.dtype, device=x.device)
+    kernel = (taps[:, None] * taps[None, :]).expand(x.shape[1], 1, 3, 3)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    return torch.nn.functional.conv2d(padded, kernel, groups=x.shape[1])
 
 
 # -- the run --------------------------------------------------------------------------
@@ -389,7 +457,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
             batch: int = 16, lr: float = DEFAULT_LR, temperature: float = TEMPERATURE,
             feature_weight: float = FEATURE_WEIGHT,
             patience: int = PATIENCE, eval_every: int | None = None,
-            augment: bool | Augmentation = True, threads: int | None = None,
+            augment: bool | str | Augmentation = "auto", threads: int | None = None,
             reconstruct: Sequence[str] = (), forced_share: float = FORCED_SHARE,
             progress: bool = False) -> DistillResult:
     """Train `student`'s weights to reproduce `teacher`'s outputs; see the module docstring.
@@ -399,10 +467,11 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
     budget). seconds / steps: the budget (at least one; both: whichever ends first).
     batch: samples per optimiser step. eval_every: steps between held-out evaluations
     (default: about EVALUATIONS per run). threads: torch's CPU threads during the run
-    (default: as set). reconstruct: student nodes (the changed ones) to fit first, each
-    with its inputs forced to the teacher's (`rewriter.forced_reconstruction`), for
-    `forced_share` of the budget. Returns the student with the best state's weights
-    written back.
+    (default: as set). augment: 'auto', 'light', 'heavy', 'robust', 'none' or an
+    Augmentation (`resolve_augmentation`). reconstruct: student nodes (the changed ones)
+    to fit first, each with its inputs forced to the teacher's
+    (`rewriter.forced_reconstruction`), for `forced_share` of the budget. Returns the
+    student with the best state's weights written back.
     """
     torch = _torch()
     from rewriter.torch_graph import TorchGraph
@@ -448,8 +517,7 @@ def distill(teacher: Model, student: Model, fit_inputs: Mapping[str, np.ndarray]
         stds = {k: float(v.std()) or 1.0 for k, v in fit.items()}
         fit_t = {k: torch.as_tensor(v) for k, v in fit.items()}
         count = len(next(iter(fit.values())))
-        how = (None if augment is False else augment if isinstance(augment, Augmentation)
-               else default_augmentation(count))
+        how = resolve_augmentation(augment, count)
 
         def evaluate() -> tuple[float, float, float]:
             """(fidelity, min cosine, held-out loss) of the student now."""

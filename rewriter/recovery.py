@@ -217,6 +217,15 @@ def resolve_method(method: str | None, warnings: list[str]) -> str:
     return method
 
 
+def check_augmentation(augment: str) -> str:
+    """`augment` if distillation knows it, else BadInputError, before minutes of work
+    are spent (the distill module imports PyTorch only when it trains)."""
+    from rewriter.distill import PLENTIFUL, resolve_augmentation
+
+    resolve_augmentation(augment, PLENTIFUL)
+    return augment
+
+
 class Trained(NamedTuple):
     """A recovered student: its weights, the optimiser steps run, the held-out history
     (step, loss, fidelity), and whether it was still improving when the budget ended
@@ -230,11 +239,12 @@ class Trained(NamedTuple):
 
 def train(original: Model, student: Model, data: FidelityData, method: str,
           budget: RecoveryBudget, seed: int = 0, progress: bool = False,
-          changed: Sequence[str] | None = None) -> Trained:
+          changed: Sequence[str] | None = None, augment: str = "auto") -> Trained:
     """The student refitted (if the pass recorded what to refit) and, with 'distill',
     trained against the original: the changed nodes (`changed`, default: what the pass
     recorded to refit) first alone with the teacher's inputs forced
-    (`rewriter.forced_reconstruction`), then every weight end to end."""
+    (`rewriter.forced_reconstruction`), then every weight end to end, on inputs augmented
+    as `augment` says (`rewriter.distill.resolve_augmentation`)."""
     from rewriter.reconstruct import refit
 
     changed = list(student.changes.refit if changed is None else changed)
@@ -248,7 +258,7 @@ def train(original: Model, student: Model, data: FidelityData, method: str,
     result = distill(original, student, data.fit.inputs,
                      None if data.val is None else data.val.inputs,
                      seconds=budget.seconds, steps=budget.steps, seed=seed,
-                     reconstruct=changed, progress=progress)
+                     reconstruct=changed, augment=augment, progress=progress)
     history = [tuple(h) if not hasattr(h, "step") else (h.step, h.loss, h.fidelity)
                for h in result.history]
     steps = max((int(h[0]) for h in history), default=0)
@@ -290,7 +300,8 @@ def evaluate(original: Model, candidate: Model, data: FidelityData,
 def refit_and_train(original: Model, student: Model, data: FidelityData, method: str,
                     budget: RecoveryBudget, seed: int = 0, progress: bool = False,
                     reference: Mapping[str, np.ndarray] | None = None,
-                    changed: Sequence[str] | None = None) -> tuple[Trained, Fidelity]:
+                    changed: Sequence[str] | None = None, augment: str = "auto"
+                    ) -> tuple[Trained, Fidelity]:
     """Refit what the change recorded, train (`train`; `changed`: the nodes to fit first,
     default what the change recorded), and measure on eval: (what training gave, the
     fidelity after with `before_recovery` set to the refitted student's). Refit only: the
@@ -301,7 +312,8 @@ def refit_and_train(original: Model, student: Model, data: FidelityData, method:
 
         student = refit(original, student, data.fit.batches(BATCH), progress=progress)
     before = evaluate(original, student, data, reference)
-    trained = train(original, student, data, method, budget, seed, progress, changed)
+    trained = train(original, student, data, method, budget, seed, progress, changed,
+                    augment)
     after = (dataclasses.replace(before) if method == "refit"
              else evaluate(original, trained.model, data, reference))
     after.before_recovery = before
@@ -313,15 +325,17 @@ def recover(original: Model | str | Path, rewritten: Model | str | Path,
             preprocess: Preprocess | str | None = None, method: str | None = "distill",
             budget: RecoveryBudget | str | None = None, metric: str | None = None,
             seed: int = 0, input_shapes: Mapping[str, Sequence[int]] | None = None,
-            progress: bool = False) -> Recovery:
+            progress: bool = False, augment: str = "auto") -> Recovery:
     """Recover `rewritten` (an architecture change of `original`) from unlabeled data.
 
     calibration / eval_data: an .npz (input name -> array), a folder of images or one
     image, `Samples`, or batches; without eval_data, the calibration data are cut by
     source and a quarter of the sources is kept for evaluation only. method: 'distill'
-    (PyTorch) or 'refit'. The returned model is labelled as architecture-changed in its
-    metadata; `fidelity` is measured on the evaluation data, with the figure before
-    recovery in `fidelity.before_recovery`.
+    (PyTorch) or 'refit'. augment: how distillation augments the fitting inputs: 'auto'
+    (light crops from 500 inputs on, heavier below), 'light', 'heavy', 'robust' (for
+    deployment inputs broader than the calibration data) or 'none'. The returned model is
+    labelled as architecture-changed in its metadata; `fidelity` is measured on the
+    evaluation data, with the figure before recovery in `fidelity.before_recovery`.
     """
     start = time.perf_counter()
     if metric is not None and metric not in FIDELITY_METRICS:
@@ -331,6 +345,7 @@ def recover(original: Model | str | Path, rewritten: Model | str | Path,
         preprocess = Preprocess.parse(preprocess)
     if not isinstance(budget, RecoveryBudget):
         budget = RecoveryBudget.parse(budget)
+    check_augmentation(augment)
     teacher = original if isinstance(original, Model) else load_model(original, input_shapes)
     student = rewritten if isinstance(rewritten, Model) else load_model(rewritten,
                                                                          input_shapes)
@@ -343,7 +358,7 @@ def recover(original: Model | str | Path, rewritten: Model | str | Path,
     changed = student.changes.refit or changed_nodes(teacher, student)
     (model, steps, history, _), after = refit_and_train(teacher, student, data, method,
                                                          budget, seed, progress, reference,
-                                                         changed)
+                                                         changed, augment)
     label = (student.changes.label() if student.changes.passes
              else student.metadata.get(METADATA_KEY) or "architecture changed")
     model.metadata[METADATA_KEY] = label_recovered(label, method, after, metric)

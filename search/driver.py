@@ -39,6 +39,7 @@ from rewriter.graph_io import Model, load_model
 from rewriter.recovery import (
     BATCH,
     RecoveryBudget,
+    check_augmentation,
     label_recovered,
     lower_bound,
     meets,
@@ -387,9 +388,10 @@ class _RecoveryStage:
     def __init__(self, space: SearchSpace, evaluator: _Evaluator, calibration: object,
                  eval_data: object, preprocess: Preprocess | None, seed: int, floor: float,
                  metric: str | None, method: str | None, budget: RecoveryBudget,
-                 progress: bool) -> None:
+                 progress: bool, augment: str = "auto") -> None:
         self.space, self.evaluator, self.seed, self.floor = space, evaluator, seed, floor
         self.metric, self.budget, self.progress = metric, budget, progress
+        self.augment = augment
         self.data = prepare_data(space.canonical, calibration, eval_data, preprocess, seed)
         self.warnings = list(self.data.warnings)
         self.method = resolve_method(method, self.warnings)
@@ -420,7 +422,7 @@ class _RecoveryStage:
         None when it misses the floor."""
         trained, after = refit_and_train(self.space.canonical, student, self.data,
                                          self.method, budget, self.seed, self.progress,
-                                         self.reference)
+                                         self.reference, augment=self.augment)
         model = trained.model
         before = after.before_recovery
         genes = self.space.architecture_genes(candidate)
@@ -612,6 +614,7 @@ def optimize(
     eval_data: object = None,
     preprocess: Preprocess | str | None = None,
     fidelity_metric: str | None = None,
+    augment: str = "auto",
 ) -> Result:
     """Choose the rewrites that lower `model`'s estimated latency on `target`.
 
@@ -626,6 +629,7 @@ def optimize(
     on `eval_data`, or on a quarter of the calibration sources never used for fitting, by
     `fidelity_metric` (top1, top5 or cosine; default top1 for classifiers, else cosine):
     a change is kept only when that fidelity, one standard error down, meets the floor.
+    `augment` says how distillation augments the fitting inputs (`rewriter.recover`).
     """
     if not 0.0 <= min_fidelity <= 1.0:
         raise BadInputError(f"--min-fidelity must be within [0, 1], not {min_fidelity}")
@@ -634,6 +638,7 @@ def optimize(
                             f"{', '.join(FIDELITY_METRICS)}")
     if not isinstance(recover_budget, RecoveryBudget):
         recover_budget = RecoveryBudget.parse(recover_budget)
+    check_augmentation(augment)
     if isinstance(preprocess, str):
         preprocess = Preprocess.parse(preprocess)
     if strategy not in STRATEGIES:
@@ -663,7 +668,7 @@ def optimize(
     if not exact:
         stage = _RecoveryStage(space, evaluator, calibration, eval_data, preprocess, seed,
                                min_fidelity, fidelity_metric, recover, recover_budget,
-                               progress)
+                               progress, augment)
         genome, recovered, fidelity = stage.run(genome)
         warnings, notes = stage.warnings, notes + stage.notes
     final = evaluator.score(genome)

@@ -351,3 +351,80 @@ def test_a_rewritten_model_from_a_file_names_its_changed_nodes(pair, fused_model
     recover(teacher, from_file, [{"input": x[i:i + 4]} for i in range(0, len(x), 4)],
             budget="4steps")
     assert [sorted(s) for s in seen] == [sorted(rewritten.changes.refit)]
+
+
+def test_augmentation_by_name():
+    """'auto' follows the amount of data; names map to presets; a bad name is one clear
+    error, raised before any training."""
+    from rewriter.distill import HEAVY, LIGHT, PLENTIFUL, ROBUST, resolve_augmentation
+    from rewriter.recovery import check_augmentation
+
+    assert resolve_augmentation("auto", PLENTIFUL) == LIGHT
+    assert resolve_augmentation("auto", 10) == HEAVY
+    assert resolve_augmentation("robust", 10) == ROBUST
+    assert resolve_augmentation("none", 10) is None
+    assert resolve_augmentation(False, 10) is None
+    with pytest.raises(BadInputError, match="--augment"):
+        resolve_augmentation("strong", 10)
+    with pytest.raises(BadInputError, match="robust"):
+        check_augmentation("strong")
+
+
+def _line_slopes(images: np.ndarray, axis: int) -> np.ndarray:
+    """Per image: the pixel slope of a thin dark line (horizontal for axis=3: its row
+    against the column; vertical for axis=2: its column against the row), from the
+    darkest pixel of each column (or row) away from the borders."""
+    slopes = []
+    for image in images[:, 0]:
+        profile = image if axis == 3 else image.T  # rows x positions along the line
+        positions = np.arange(profile.shape[1])[8:-8]
+        where = profile[:, 8:-8].argmin(axis=0)
+        slopes.append(np.polyfit(positions, where, 1)[0])
+    return np.array(slopes)
+
+
+def test_turns_and_shears_are_in_pixels_of_a_non_square_input():
+    """A turn of at most `rotate` degrees tilts a horizontal line of a 4:1 input by at
+    most tan(rotate) in pixels, and a shear moves a vertical line by at most `shear`
+    pixels per row: the grid's [-1, 1] coordinates stretch x four times more than y,
+    which a turn made in grid coordinates would get wrong by that factor."""
+    from rewriter.distill import Augmentation, _augment
+
+    h, w, n = 32, 128, 48
+    horizontal = np.ones((n, 1, h, w), np.float32)
+    horizontal[:, :, h // 2, :] = -1.0
+    vertical = np.ones((n, 1, h, w), np.float32)
+    vertical[:, :, :, w // 2] = -1.0
+    fixed = dict(crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0), flip=0.0, mixup=0.0)
+    turned = _augment(torch, {"x": torch.as_tensor(horizontal)}, np.random.default_rng(0),
+                      {"x": 1.0}, Augmentation(**fixed, rotate=3.0))["x"].numpy()
+    slopes = np.abs(_line_slopes(turned, axis=3))
+    limit = np.tan(np.deg2rad(3.0))
+    assert slopes.max() <= 1.15 * limit
+    assert slopes.max() >= 0.6 * limit  # 48 uniform draws reach near the limit
+    sheared = _augment(torch, {"x": torch.as_tensor(vertical)}, np.random.default_rng(0),
+                       {"x": 1.0}, Augmentation(**fixed, shear=0.3))["x"].numpy()
+    slopes = np.abs(_line_slopes(sheared, axis=2))
+    assert slopes.max() <= 0.3 * 1.15
+    assert slopes.max() >= 0.3 * 0.6
+
+
+def test_recover_hands_the_augmentation_to_distillation(pair, data, monkeypatch):
+    import rewriter.distill as distill_module
+    from rewriter.recovery import recover
+
+    seen = []
+    real = distill_module.distill
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "distill", spy)
+    x = data[0]["input"]
+    batches = [{"input": x[i:i + 4]} for i in range(0, len(x), 4)]
+    recover(pair[0], pair[1], batches, budget="2steps", augment="robust")
+    assert seen == ["robust"]
+    with pytest.raises(BadInputError, match="--augment"):
+        recover(pair[0], pair[1], batches, budget="2steps", augment="strong")
+    assert seen == ["robust"]

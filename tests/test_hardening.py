@@ -599,3 +599,14 @@ def test_commands_that_run_the_model_bound_its_tensors(tmp_path, capsys):
     assert run("apply", path, "--pass", "fold-bn", "--input-shape", "x=64x3x1024x1024",
                "-o", tmp_path / "o.onnx") == 2
     one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", [
+    ["optimize", "{model}", "--target", TARGET, "--allow-architecture-changes", "-o", "{out}"],
+    ["recover", "{model}", "{model}", "-o", "{out}"],
+])
+def test_unknown_augmentation_is_exit_2(tmp_path, model, capsys, no_work, command):
+    args = [a.format(model=model, out=tmp_path / "o.onnx") for a in command]
+    assert run(*args, "--augment", "strong") == 2
+    one_line_error(capsys, "--augment", "robust")
+    assert not (tmp_path / "o.onnx").exists()

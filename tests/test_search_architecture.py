@@ -294,3 +294,27 @@ def test_changes_that_lose_too_much_alone_are_tried_last():
     assert stage._chunk(order, 3, 8, hopeful) == [1, 3]
     stage.floor = 0.9  # a lower floor: every change may hold it
     assert stage._hopeful_first((), [1, 0, 3, 2, 4]) == ([1, 0, 3, 2, 4], 5)
+
+
+def test_the_search_recovers_with_the_augmentation_asked_for(monkeypatch):
+    """`augment` reaches every recovery of the search; an unknown one is refused before
+    any work."""
+    pytest.importorskip("torch")
+    import rewriter.search.driver as driver
+
+    model = load(zoo.build("mobilenetv2", width=0.5, resolution=64))
+    fit, _ = calibration_batches(model, None, count=24, batch=4, seed=5)
+    with pytest.raises(BadInputError, match="--augment"):
+        optimize(model, "tpu-zz", exact=False, calibration=fit, augment="strong")
+    seen = []
+    recover = driver.refit_and_train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        return recover(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "refit_and_train", spy)
+    optimize(model, "tpu-zz", exact=False, calibration=fit, min_fidelity=0.0,
+             passes=["fuse-ibn"], recover="distill", recover_budget="4steps",
+             fidelity_metric="cosine", augment="robust")
+    assert seen and set(seen) == {"robust"}
