@@ -97,11 +97,14 @@ def main() -> None:
     reference = collect(original, data.eval.batches(BATCH))
     fitted = data.fit.take(range(min(FIT_CHECKED, len(data.fit))))  # as trained, unaugmented
     fitted_reference = collect(original, fitted.batches(BATCH))
+    independent_references = [collect(original, samples.batches(BATCH))
+                              for samples in independent.values()]
 
     def row(label: str, model, seconds: float, device: str = "-") -> list[str]:
         held = evaluate(original, model, data, reference)
-        others = [measure_fidelity(original, model, samples.batches(BATCH))
-                  for samples in independent.values()]
+        others = [measure_fidelity(original, model, samples.batches(BATCH), reference)
+                  for samples, reference in zip(independent.values(),
+                                                independent_references)]
         own = measure_fidelity(original, model, fitted.batches(BATCH), fitted_reference)
         return [label, f"{held.value('top1'):.4f} ({held.samples})",
                 *(f"{other.value('top1'):.4f} ({other.samples})" for other in others),

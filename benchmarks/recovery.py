@@ -45,6 +45,7 @@ from rewriter.fidelity import measure_fidelity  # noqa: E402
 from rewriter.graph_io import load_model  # noqa: E402
 from rewriter.recovery import recover  # noqa: E402
 from rewriter.search import optimize  # noqa: E402
+from rewriter.staged import collect  # noqa: E402
 from rewriter.tables import table  # noqa: E402
 
 CLS_PREPROCESS = "size=48x192,mean=0.5,std=0.5,crop=1"
@@ -94,12 +95,21 @@ def _effnet_case(work: Path) -> dict:
             "independent": {"other photos": independent}, "preprocess": EFFNET_PREPROCESS}
 
 
-def _independent(original, model, case: dict) -> str:
-    figures = []
+def _checks(original, case: dict) -> dict[str, tuple]:
+    """Label -> (samples, the original's outputs on them) of each independent check,
+    loaded and run once for every row."""
+    checks = {}
     for label, folder in case["independent"].items():
         samples = load_samples(folder, original, Preprocess.parse(case["preprocess"]))
-        fidelity = measure_fidelity(original, model, samples.batches(8))
-        figures.append(f"{label} {fidelity.value(case['metric']):.3f} ({len(samples)})")
+        checks[label] = samples, collect(original, samples.batches(8))
+    return checks
+
+
+def _independent(original, model, checks: dict[str, tuple], metric: str) -> str:
+    figures = []
+    for label, (samples, reference) in checks.items():
+        fidelity = measure_fidelity(original, model, samples.batches(8), reference)
+        figures.append(f"{label} {fidelity.value(metric):.3f} ({len(samples)})")
     return ", ".join(figures)
 
 
@@ -113,6 +123,11 @@ def _row(label: str, before_ms: float, after_ms: float, reported, independent: s
 def run_case(case: dict, budgets: list[float], search_budget: float,
              search_only: bool = False, augment: str = "auto") -> str:
     original = load_model(case["model"], case["shapes"])
+    checks = _checks(original, case)
+
+    def independent(model) -> str:
+        return _independent(original, model, checks, case["metric"])
+
     common = dict(target=case["target"], exact=False, calibration=case["calibration"],
                   eval_data=case["eval"], preprocess=case["preprocess"],
                   fidelity_metric=case["metric"], seed=0, augment=augment)
@@ -125,7 +140,7 @@ def run_case(case: dict, budgets: list[float], search_budget: float,
         fastest = optimize(original, min_fidelity=0.0, recover="refit", **common)
         before = fastest.before.latency_ms
         rows.append(_row("fastest changes, refit only", before, fastest.after.latency_ms,
-                         fastest.fidelity, _independent(original, fastest.model, case),
+                         fastest.fidelity, independent(fastest.model),
                          time.perf_counter() - start, case["metric"]))
     for seconds in budgets if fastest is not None else []:
         start = time.perf_counter()
@@ -135,14 +150,14 @@ def run_case(case: dict, budgets: list[float], search_budget: float,
                             augment=augment)
         rows.append(_row(f"fastest changes, distilled {seconds:g} s", before,
                          fastest.after.latency_ms, recovered.fidelity,
-                         _independent(original, recovered.model, case),
+                         independent(recovered.model),
                          time.perf_counter() - start, case["metric"]))
     start = time.perf_counter()
     chosen = optimize(original, min_fidelity=case["floor"], recover="distill",
                       recover_budget=f"{search_budget:g}s", **common)
     rows.append(_row(f"search at {case['metric']} >= {case['floor']}", before,
                      chosen.after.latency_ms, chosen.fidelity,
-                     _independent(original, chosen.model, case) if chosen.fidelity else "-",
+                     independent(chosen.model) if chosen.fidelity else "-",
                      time.perf_counter() - start, case["metric"]))
     notes = "\n".join(f"  note: {n}" for n in chosen.notes + chosen.warnings)
     return (f"{case['name']} on {case['target']} ({case['metric']} agreement with the "

@@ -359,27 +359,22 @@ def _augment(torch: Any, batch: dict[str, Any], rng: np.random.Generator,
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
                           align_corners=False)
         # contrast around each image's mean, brightness in units of the data's spread
-        contrast = torch.as_tensor(1 + rng.uniform(-CONTRAST, CONTRAST, size=n),
-                                   dtype=x.dtype, device=x.device).reshape(n, 1, 1, 1)
-        shift = torch.as_tensor(rng.uniform(-BRIGHTNESS, BRIGHTNESS, size=n) * stds[name],
-                                dtype=x.dtype, device=x.device).reshape(n, 1, 1, 1)
+        contrast = _per_sample(torch, 1 + rng.uniform(-CONTRAST, CONTRAST, size=n), x)
+        shift = _per_sample(torch, rng.uniform(-BRIGHTNESS, BRIGHTNESS, size=n) * stds[name],
+                            x)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * contrast + mean + shift
         if how.gradient:
             ramp = torch.linspace(-1.0, 1.0, x.shape[3], dtype=x.dtype, device=x.device)
             slope = rng.uniform(-how.gradient, how.gradient, size=n) * stds[name]
-            x = x + torch.as_tensor(slope, dtype=x.dtype, device=x.device).reshape(
-                n, 1, 1, 1) * ramp
+            x = x + _per_sample(torch, slope, x) * ramp
         if how.blur:
             amount = np.where(rng.random(n) < how.blur, rng.random(n), 0.0)
-            weight = torch.as_tensor(amount, dtype=x.dtype, device=x.device).reshape(
-                n, 1, 1, 1)
-            x = x + weight * (_blurred(torch, x) - x)
+            x = x + _per_sample(torch, amount, x) * (_blurred(torch, x) - x)
         if how.noise:
             scale = rng.uniform(0, how.noise, size=n) * stds[name]
-            x = x + torch.as_tensor(scale, dtype=x.dtype, device=x.device).reshape(
-                n, 1, 1, 1) * torch.as_tensor(rng.standard_normal(tuple(x.shape)),
-                                              dtype=x.dtype, device=x.device)
+            x = x + _per_sample(torch, scale, x) * torch.as_tensor(
+                rng.standard_normal(tuple(x.shape)), dtype=x.dtype, device=x.device)
         out[name] = x
     # mixup: the same partner and weight for every input of a sample
     mixed = rng.random(n) < how.mixup
@@ -390,10 +385,15 @@ def _augment(torch: Any, batch: dict[str, Any], rng: np.random.Generator,
         for name, x in out.items():
             if not x.is_floating_point():
                 continue
-            w = torch.as_tensor(lam, dtype=x.dtype, device=x.device).reshape(
-                n, *([1] * (x.dim() - 1)))
+            w = _per_sample(torch, lam, x)
             out[name] = w * x + (1 - w) * x[torch.as_tensor(partner, device=x.device)]
     return out
+
+
+def _per_sample(torch: Any, values: np.ndarray, like: Any) -> Any:
+    """One value per sample as a tensor that broadcasts over `like`'s other axes."""
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(
+        len(values), *([1] * (like.dim() - 1)))
 
 
 def _blurred(torch: Any, x: Any) -> Any:

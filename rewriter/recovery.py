@@ -217,13 +217,12 @@ def resolve_method(method: str | None, warnings: list[str]) -> str:
     return method
 
 
-def check_augmentation(augment: str) -> str:
-    """`augment` if distillation knows it, else BadInputError, before minutes of work
-    are spent (the distill module imports PyTorch only when it trains)."""
+def check_augmentation(augment: str) -> None:
+    """BadInputError unless distillation knows `augment`, before minutes of work are
+    spent (the distill module imports PyTorch only when it trains)."""
     from rewriter.distill import PLENTIFUL, resolve_augmentation
 
     resolve_augmentation(augment, PLENTIFUL)
-    return augment
 
 
 class Trained(NamedTuple):

@@ -38,3 +38,17 @@ def edited_profile(tmp_path: Path, base: str, old: str, new: str) -> Path:
     path = tmp_path / "edited.toml"
     path.write_text(text.replace(old, new, 1))
     return path
+
+
+def record_calls(monkeypatch, owner: object, name: str) -> list[dict]:
+    """Wrap `owner.name` so each call's keyword arguments are recorded before the real
+    function runs; returns the (growing) list of them."""
+    real = getattr(owner, name)
+    calls: list[dict] = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls

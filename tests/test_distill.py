@@ -19,6 +19,7 @@ from rewriter.passes import get_pass  # noqa: E402
 from rewriter.reconstruct import refit  # noqa: E402
 from rewriter.rewrite import apply_pass  # noqa: E402
 from rewriter.samples import natural_photos  # noqa: E402
+from tests.helpers import record_calls  # noqa: E402
 
 RESOLUTION = 64
 THREADS = 1  # see the one_torch_thread fixture (conftest.py)
@@ -339,18 +340,12 @@ def test_a_rewritten_model_from_a_file_names_its_changed_nodes(pair, fused_model
     import rewriter.distill as distill_module
     from rewriter.recovery import recover
 
-    seen = []
-    real = distill_module.distill
-
-    def spy(*args, **kwargs):
-        seen.append(list(kwargs.get("reconstruct", ())))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(distill_module, "distill", spy)
+    calls = record_calls(monkeypatch, distill_module, "distill")
     x = data[0]["input"]
     recover(teacher, from_file, [{"input": x[i:i + 4]} for i in range(0, len(x), 4)],
             budget="4steps")
-    assert [sorted(s) for s in seen] == [sorted(rewritten.changes.refit)]
+    assert [sorted(c.get("reconstruct", ())) for c in calls] == \
+        [sorted(rewritten.changes.refit)]
 
 
 def test_augmentation_by_name():
@@ -413,18 +408,11 @@ def test_recover_hands_the_augmentation_to_distillation(pair, data, monkeypatch)
     import rewriter.distill as distill_module
     from rewriter.recovery import recover
 
-    seen = []
-    real = distill_module.distill
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("augment"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(distill_module, "distill", spy)
+    calls = record_calls(monkeypatch, distill_module, "distill")
     x = data[0]["input"]
     batches = [{"input": x[i:i + 4]} for i in range(0, len(x), 4)]
     recover(pair[0], pair[1], batches, budget="2steps", augment="robust")
-    assert seen == ["robust"]
+    assert [c.get("augment") for c in calls] == ["robust"]
     with pytest.raises(BadInputError, match="--augment"):
         recover(pair[0], pair[1], batches, budget="2steps", augment="strong")
-    assert seen == ["robust"]
+    assert len(calls) == 1

@@ -19,7 +19,7 @@ from rewriter.recovery import lower_bound
 from rewriter.samples import text_image
 from rewriter.search import optimize
 from rewriter.search.space import SearchSpace
-from tests.helpers import load
+from tests.helpers import load, record_calls
 
 SMALL = dict(width=0.5, resolution=96)
 
@@ -306,15 +306,8 @@ def test_the_search_recovers_with_the_augmentation_asked_for(monkeypatch):
     fit, _ = calibration_batches(model, None, count=24, batch=4, seed=5)
     with pytest.raises(BadInputError, match="--augment"):
         optimize(model, "tpu-zz", exact=False, calibration=fit, augment="strong")
-    seen = []
-    recover = driver.refit_and_train
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("augment"))
-        return recover(*args, **kwargs)
-
-    monkeypatch.setattr(driver, "refit_and_train", spy)
+    calls = record_calls(monkeypatch, driver, "refit_and_train")
     optimize(model, "tpu-zz", exact=False, calibration=fit, min_fidelity=0.0,
              passes=["fuse-ibn"], recover="distill", recover_budget="4steps",
              fidelity_metric="cosine", augment="robust")
-    assert seen and set(seen) == {"robust"}
+    assert calls and {c.get("augment") for c in calls} == {"robust"}
