@@ -14,11 +14,12 @@ from rewriter.passes.dw_to_dense import DepthwiseToDense
 from rewriter.passes.fold_bn import FoldBatchNorm
 from rewriter.passes.fuse_ibn import FuseIBN
 from rewriter.passes.fuse_linear_conv import FuseLinearConv
+from rewriter.passes.trim_kernel import TrimKernel
 
 PASSES: dict[str, type[Pass]] = {
     cls.name: cls
-    for cls in (FoldBatchNorm, DepthwiseToDense, FuseLinearConv, AlignChannelsUp, FuseIBN,
-                AlignChannelsDown, DepthMultiplier)
+    for cls in (FoldBatchNorm, TrimKernel, DepthwiseToDense, FuseLinearConv, AlignChannelsUp,
+                FuseIBN, AlignChannelsDown, DepthMultiplier)
 }
 EXACT_PASSES = [name for name, cls in PASSES.items() if cls.exact]
 # The passes giving the canonical form the search starts from, in registry order.

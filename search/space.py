@@ -1,7 +1,8 @@
 """The search space of rewrites, and candidates scored without rebuilding the graph.
 
 The space is built on the model's canonical form (rewriter.passes.CANONICAL_PASSES: every
-BatchNormalization folded, exact and free on targets that fuse BN into the conv). It has
+BatchNormalization folded, exact and free on targets that fuse BN into the conv; kernel
+taps that only read padding dropped, exact and cheaper everywhere). It has
 one gene per rewrite site of every pass with an `order` (rewriter.passes.SEARCH_PASSES),
 exact ones only unless architecture changes are allowed; genes come pass by pass in that
 order (a pass with several variants, such as one depth multiplier per factor, gives one
@@ -38,7 +39,7 @@ from rewriter.cost.opspec import OpSpec
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, is_empty_input
-from rewriter.passes import CANONICAL_PASSES, SEARCH_PASSES, Pass
+from rewriter.passes import CANONICAL_PASSES, SEARCH_PASSES, Pass, Site
 from rewriter.passes.base import Effect, Fusion, KernelInfo, SearchView
 from rewriter.rewrite import apply_pass
 from rewriter.staged import Batches
@@ -84,8 +85,12 @@ class SearchSpace:
                  passes: Sequence[str] | None = None) -> None:
         self.target = target
         self.multiple = target.profile.parallelism_out
+        # pass name -> the sites the canonical form rewrote (for the result's notes)
+        self.canonical_sites: dict[str, list[Site]] = {}
         for cls in CANONICAL_PASSES:
-            model = apply_pass(model, cls()).model
+            applied = apply_pass(model, cls())
+            model = applied.model
+            self.canonical_sites[cls.name] = applied.applied
         self.canonical = model
         nodes = {n.name: n for n in self.canonical.graph.nodes}
         self.kernels = [self._info(k, nodes) for k in decompose(self.canonical)]
