@@ -3,7 +3,7 @@
 The search's recovery budget is wall time, so what a run reaches depends on the machine;
 step-matched runs separate the method from the machine. PaddleOCR's text-direction
 classifier (rapidocr wheel) on edge-tpu-zz, with its largest fused-IBN sites applied
-(`--changes top8`: the 8 largest of 11, -51% estimated latency; `all`: all 11, -58%):
+(`--changes top8`: the 8 largest of 11, -59% estimated latency; `all`: all 11, -66%):
 refit, then distilled for `--steps` optimiser steps at each `--lr` (and `--batch`), without
 and with a first share of the steps spent on the fused convs alone, their inputs forced to
 the teacher's (`--forced-share`, rewriter.forced_reconstruction), and with each
@@ -11,9 +11,11 @@ augmentation (`--augment`), each run from the same refitted student. Data as in
 benchmarks/recovery.py: calibration 3,000 (`--lines`) text lines of layouts a and b (a
 quarter of the sources held out for early stopping), --eval-data 2,000 lines of other
 seeds (the figure the search's floor is judged on), and 1,000 lines each of layouts c
-and d never seen (independent); also on 1,000 of the lines it was trained on
-(unaugmented), to tell a student that cannot fit the teacher from one that does not
-generalise. Uses CUDA when PyTorch sees it.
+and d never seen (independent; `--fit-layouts abc` calibrates on layout c too, other
+lines than the check's), each also on the lines the original is sure of (top-1
+probability at least 0.9; their share in brackets); also on 1,000 of the lines it was
+trained on (unaugmented), to tell a student that cannot fit the teacher from one that
+does not generalise. Uses CUDA when PyTorch sees it.
 
     python benchmarks/distill_steps.py                       # 2000 steps at lr 3e-4, 1e-4, 1e-3
     python benchmarks/distill_steps.py --lr 1e-4             # without and with forced steps
@@ -21,6 +23,7 @@ generalise. Uses CUDA when PyTorch sees it.
     python benchmarks/distill_steps.py --steps 200 --lr 1e-4 # a quick look
     python benchmarks/distill_steps.py --lines 12000         # four times the calibration data
     python benchmarks/distill_steps.py --lr 1e-4 --forced-share 0.1 --augment auto,robust
+    python benchmarks/distill_steps.py --lr 1e-4 --forced-share 0.1 --fit-layouts abc
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=3000,
                         help="calibration text lines, half of layout a, half of b (default "
                              "3000, as recovery.py; a quarter of them held out)")
+    parser.add_argument("--fit-layouts", choices=["ab", "abc"], default="ab",
+                        help="layouts of the calibration lines (default ab; abc: a third "
+                             "each, layout c of another seed than the check's)")
     args = parser.parse_args()
     original = load_model(rapidocr_models(("cls",))["cls"], SHAPES["cls"])
     target = Target.load("edge-tpu-zz")
@@ -86,8 +92,10 @@ def main() -> None:
     preprocess = Preprocess.parse(PREPROCESS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for seed, layout in ((0, "a"), (1, "b")):
-            write_lines(work / "calibration", args.lines // 2, seed=seed, layout=layout)
+        fit_layouts = ((0, "a"), (1, "b"), (7, "c"))[:len(args.fit_layouts)]
+        for seed, layout in fit_layouts:
+            write_lines(work / "calibration", args.lines // len(fit_layouts), seed=seed,
+                        layout=layout)
         for seed, layout in ((3, "a"), (4, "b")):
             write_lines(work / "evaluation", 1000, seed=seed, layout=layout)
         data = prepare_data(original, work / "calibration", work / "evaluation", preprocess)
@@ -107,7 +115,10 @@ def main() -> None:
                                                 independent_references)]
         own = measure_fidelity(original, model, fitted.batches(BATCH), fitted_reference)
         return [label, f"{held.value('top1'):.4f} ({held.samples})",
-                *(f"{other.value('top1'):.4f} ({other.samples})" for other in others),
+                *(f"{other.value('top1'):.4f} ({other.samples}); sure "
+                  f"{other.outputs[0].confident_top1:.4f} "
+                  f"({100 * (other.outputs[0].confident_share or 0):.0f}%)"
+                  for other in others),
                 f"{own.value('top1'):.4f} ({own.samples})", device, f"{seconds:.0f}"]
 
     start = time.perf_counter()
@@ -131,7 +142,7 @@ def main() -> None:
                         result.model, time.perf_counter() - start, result.device))
     print(f"PP-OCR cls, {len(genes)} fused IBNs, edge-tpu-zz "
           f"{100 * (after_ms - before_ms) / before_ms:+.1f}% (top-1 agreement with the "
-          "original; samples in brackets)")
+          f"original; samples in brackets; calibrated on layouts {args.fit_layouts})")
     print(table(["student", "eval (layouts a, b)", "layout c", "layout d", "fitting lines",
                  "device", "s"], rows))
 

@@ -4,7 +4,11 @@ Per output: relative L2 error ||y - y0|| / ||y0||, the mean over samples of the 
 similarity of y and y0 (each flattened), and for a classifier output ([N, classes > 1])
 the share of samples whose top-1 class agrees (top-1 agreement) and the share whose
 original top-1 class is within the new model's top 5 (top-5 agreement; 1.0 by definition
-with 5 classes or fewer).
+with 5 classes or fewer). A classifier's top-1 agreement is also given on the samples the
+original is confident about (its top-1 probability, the softmax of a logits output or a
+probability output itself, at least CONFIDENT), with their share: where the original is
+unsure, any change to the function flips its answer easily, so inputs unlike the
+calibration data, on which it is more often unsure, lower the overall figure most.
 
 A fidelity is one number (`Fidelity.value`) by a metric of FIDELITY_METRICS: top1 by
 default when every output is a classifier output, else cosine; the minimum over outputs
@@ -29,6 +33,7 @@ from rewriter.staged import Batches, collect
 
 FIDELITY_METRICS = ("top1", "top5", "cosine")
 MIN_SAMPLES = 50  # fewer held-out samples than this: the figure is flagged as uncertain
+CONFIDENT = 0.9  # the original's top-1 probability from which a sample counts as confident
 SPLIT_BATCH = 4  # samples per batch in what `calibration_split` returns
 
 
@@ -36,7 +41,10 @@ SPLIT_BATCH = 4  # samples per batch in what `calibration_split` returns
 class OutputFidelity:
     """One output's fidelity. classifier: a 2-D [N, classes > 1] output, which has top-1
     and top-5 agreements (None: inferred from whether top1_agreement is given).
-    cosine_std: the standard deviation over samples of the cosine similarity."""
+    cosine_std: the standard deviation over samples of the cosine similarity.
+    confident_top1: top-1 agreement on the samples whose original top-1 probability is at
+    least CONFIDENT (None: not a classifier, or no such sample); confident_share: their
+    share of the samples."""
 
     name: str
     relative_l2: float
@@ -45,6 +53,8 @@ class OutputFidelity:
     top5_agreement: float | None = None
     classifier: bool | None = None
     cosine_std: float = 0.0
+    confident_top1: float | None = None
+    confident_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.classifier is None:
@@ -118,13 +128,16 @@ class Fidelity:
         """JSON-ready: the chosen `metric` and its `value`; the worst figure over outputs
         for top1_agreement, top5_agreement (None without classifier outputs), cosine
         (also as min_cosine) and relative_l2; samples, measured_on, before_recovery (a
-        nested dict or None) and per-output entries under "outputs"."""
+        nested dict or None) and per-output entries under "outputs"; for classifiers,
+        top1_agreement_confident and confident_share of the output with the lowest
+        top-1 agreement."""
         return self._to_dict(metric, {id(self)})
 
     def _to_dict(self, metric: str | None, seen: set[int]) -> dict[str, object]:
         chosen = self._metric(metric)
         top1 = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
         top5 = [o.top5_agreement for o in self.outputs if o.top5_agreement is not None]
+        worst = self._worst("top1") if top1 else None
         before = self.before_recovery
         nested = None
         if before is not None and id(before) not in seen:  # never recurse into a cycle
@@ -135,6 +148,8 @@ class Fidelity:
             "standard_error": self.stderr(chosen),
             "top1_agreement": min(top1) if top1 else None,
             "top5_agreement": min(top5) if top5 else None,
+            "top1_agreement_confident": worst.confident_top1 if worst else None,
+            "confident_share": worst.confident_share if worst else None,
             "cosine": self.min_cosine,
             "min_cosine": self.min_cosine,
             "relative_l2": max(o.relative_l2 for o in self.outputs),
@@ -152,6 +167,9 @@ class Fidelity:
                 top += f", top-1 agreement {100 * o.top1_agreement:.1f}%"
             if o.top5_agreement is not None:
                 top += f", top-5 agreement {100 * o.top5_agreement:.1f}%"
+            if o.confident_top1 is not None and o.confident_share is not None:
+                top += (f" (top-1 {100 * o.confident_top1:.1f}% on the "
+                        f"{100 * o.confident_share:.0f}% of samples the original is sure of)")
             parts.append(f"'{o.name}': cosine {o.cosine:.4f}, relative L2 "
                          f"{o.relative_l2:.3f}{top}")
         where = f"{self.samples} samples" + (f": {self.measured_on}" if self.measured_on
@@ -219,14 +237,30 @@ def output_fidelity(name: str, y0: np.ndarray, y: np.ndarray) -> OutputFidelity:
     std = float(np.std(cosines, ddof=1)) if len(cosines) > 1 else 0.0
     rel = float(np.linalg.norm(y - y0) / max(np.linalg.norm(y0), 1e-30))
     classifier = y0.ndim == 2 and y0.shape[1] > 1
-    top1 = top5 = None
+    top1 = top5 = confident_top1 = confident_share = None
     if classifier:
         truth = np.argmax(y0, 1)
-        top1 = float(np.mean(truth == np.argmax(y, 1)))
+        agree = truth == np.argmax(y, 1)
+        top1 = float(np.mean(agree))
         k = min(5, y.shape[1])
         best = np.argpartition(-y, k - 1, axis=1)[:, :k]
         top5 = float(np.mean(np.any(best == truth[:, None], axis=1)))
-    return OutputFidelity(name, rel, cosine, top1, top5, classifier, std)
+        confident = top_probability(y0) >= CONFIDENT
+        confident_share = float(np.mean(confident))
+        confident_top1 = float(np.mean(agree[confident])) if confident.any() else None
+    return OutputFidelity(name, rel, cosine, top1, top5, classifier, std, confident_top1,
+                          confident_share)
+
+
+def top_probability(y: np.ndarray) -> np.ndarray:
+    """Per sample, the top-1 probability of a classifier output [N, classes]: the output
+    itself where it is already probabilities (non-negative rows summing to 1, a model
+    ending in Softmax), else its softmax (logits)."""
+    y = np.asarray(y, np.float64)
+    if np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-3):
+        return y.max(1)
+    shifted = np.exp(y - y.max(1, keepdims=True))
+    return 1.0 / shifted.sum(1)  # the top class's exp(0) over the sum
 
 
 def calibration_batches(model: Model, path: str | None, count: int = 16, batch: int = 4,

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rewriter.data import Samples
 from rewriter.errors import BadInputError
 from rewriter.fidelity import (
+    CONFIDENT,
     FIDELITY_METRICS,
     MIN_SAMPLES,
     Fidelity,
@@ -50,6 +51,25 @@ def test_hand_made_classifier_case():
     assert out.cosine_std == pytest.approx(np.std(cosines, ddof=1))
     diff = sum((a - b) ** 2 for a, b in zip(Y0.ravel(), Y.ravel()))
     assert out.relative_l2 == pytest.approx(math.sqrt(diff / sum(a * a for a in Y0.ravel())))
+
+
+def test_agreement_where_the_original_is_sure():
+    """Y0's softmax top-1 probabilities: e^6 / sum(e^0..e^6) = 0.63 for the first three
+    samples (unsure), e^9 / (e^9 + 3 e^0 + 3 e^1) = 0.998 for the last (sure, agreeing)."""
+    out = output_fidelity("logits", Y0, Y)
+    assert out.confident_share == 0.25 and out.confident_top1 == 1.0
+    sure = Y0.copy()
+    sure[:2] *= 3  # e^18 / sum(e^0..e^18) = 0.95: the first agrees, the second does not
+    out = output_fidelity("logits", sure, Y)
+    assert out.confident_share == 0.75 and out.confident_top1 == pytest.approx(2 / 3)
+    # probabilities (a model ending in Softmax) are read as they are, not softmaxed again
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.05, 0.95], [0.92, 0.08]])
+    new = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    out = output_fidelity("probs", probs, new)
+    assert CONFIDENT == 0.9
+    assert out.confident_share == 0.75 and out.confident_top1 == pytest.approx(2 / 3)
+    assert output_fidelity("map", Y0.reshape(4, 7, 1), Y.reshape(4, 7, 1)).confident_top1 \
+        is None
 
 
 def test_not_a_classifier():
@@ -112,6 +132,9 @@ def test_to_dict_keys_and_nesting():
     assert [o["name"] for o in data["outputs"]] == ["cls", "map"]
     assert data["outputs"][0]["top5_agreement"] == 1.0
     assert after.to_dict("top1")["value"] == 0.9
+    assert data["top1_agreement_confident"] is None  # not given for the hand-made output
+    measured = Fidelity((output_fidelity("logits", Y0, Y),), 4).to_dict()
+    assert measured["top1_agreement_confident"] == 1.0 and measured["confident_share"] == 0.25
     json.dumps(data)
     maps = fidelity(MAP).to_dict()
     assert maps["top1_agreement"] is None and maps["top5_agreement"] is None
@@ -124,6 +147,8 @@ def test_summary_says_where():
     text = Fidelity((CLS,), 16, "16 held-out samples from 4 images never used for "
                     "fitting (photos/)").summary()
     assert "16 samples" in text and "photos/" in text and "top-5 agreement 75.0%" in text
+    text = Fidelity((output_fidelity("logits", Y0, Y),), 4).summary()
+    assert "top-1 100.0% on the 25% of samples the original is sure of" in text
 
 
 def test_uncertainty_warning():
