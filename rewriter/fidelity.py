@@ -137,7 +137,8 @@ class Fidelity:
         chosen = self._metric(metric)
         top1 = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
         top5 = [o.top5_agreement for o in self.outputs if o.top5_agreement is not None]
-        worst = self._worst("top1") if top1 else None
+        worst = min((o for o in self.outputs if o.top1_agreement is not None),
+                    key=lambda o: o.top1_agreement or 0.0, default=None)
         before = self.before_recovery
         nested = None
         if before is not None and id(before) not in seen:  # never recurse into a cycle

@@ -133,7 +133,9 @@ def test_to_dict_keys_and_nesting():
     assert data["outputs"][0]["top5_agreement"] == 1.0
     assert after.to_dict("top1")["value"] == 0.9
     assert data["top1_agreement_confident"] is None  # not given for the hand-made output
-    measured = Fidelity((output_fidelity("logits", Y0, Y),), 4).to_dict()
+    # beside a dense output whose cosine is lower than every agreement: still the classifier's
+    dense = OutputFidelity("map", 0.9, 0.1, None)
+    measured = Fidelity((output_fidelity("logits", Y0, Y), dense), 4).to_dict()
     assert measured["top1_agreement_confident"] == 1.0 and measured["confident_share"] == 0.25
     json.dumps(data)
     maps = fidelity(MAP).to_dict()
