@@ -89,8 +89,8 @@ class TrimKernel(Pass):
             new = (kh - th.start - th.end, kw - tw.start - tw.end)
             found.append(Site(
                 self.name, node.name, (node.name,),
-                f"{node.name}: {kh}x{kw} kernel -> {new[0]}x{new[1]} (the dropped taps only "
-                f"read padding of its {shape[2]}x{shape[3]} input)",
+                f"{kh}x{kw} kernel -> {new[0]}x{new[1]} (the dropped taps only read padding "
+                f"of its {shape[2]}x{shape[3]} input)",
                 {"kernel": [kh, kw], "trimmed": list(new),
                  "taps": [th.start, th.end, tw.start, tw.end]},
             ))
