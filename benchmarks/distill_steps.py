@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from text_lines import write_lines  # noqa: E402
+from text_lines import INDEPENDENT_LINES, write_lines  # noqa: E402
 
 from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.data import Preprocess, load_samples  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
         data = prepare_data(original, work / "calibration", work / "evaluation", preprocess)
         independent = {layout: load_samples(write_lines(work / layout, INDEPENDENT, seed=seed,
                                                         layout=layout), original, preprocess)
-                       for seed, layout in ((2, "c"), (6, "d"))}
+                       for seed, layout in INDEPENDENT_LINES}
     reference = collect(original, data.eval.batches(BATCH))
     fitted = data.fit.take(range(min(FIT_CHECKED, len(data.fit))))  # as trained, unaugmented
     fitted_reference = collect(original, fitted.batches(BATCH))
@@ -110,9 +110,8 @@ def main() -> None:
 
     def row(label: str, model, seconds: float, device: str = "-") -> list[str]:
         held = evaluate(original, model, data, reference)
-        others = [measure_fidelity(original, model, samples.batches(BATCH), reference)
-                  for samples, reference in zip(independent.values(),
-                                                independent_references)]
+        others = [measure_fidelity(original, model, samples.batches(BATCH), outputs)
+                  for samples, outputs in zip(independent.values(), independent_references)]
         own = measure_fidelity(original, model, fitted.batches(BATCH), fitted_reference)
         return [label, f"{held.value('top1'):.4f} ({held.samples})",
                 *(f"{other.value('top1'):.4f} ({other.samples}); sure "

@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from text_lines import write_lines  # noqa: E402
+from text_lines import INDEPENDENT_LINES, write_lines  # noqa: E402
 
 from rewriter.cost.estimate import Target  # noqa: E402
 from rewriter.data import Preprocess, load_samples  # noqa: E402
@@ -70,7 +70,7 @@ def _cls_case(work: Path, calibration: int = CLS_CALIBRATION,
                     layout=layout)
     independent = {f"layout {layout}": write_lines(work / f"independent-{layout}",
                                                    CLS_INDEPENDENT, seed=seed, layout=layout)
-                   for seed, layout in ((2, "c"), (6, "d"))}
+                   for seed, layout in INDEPENDENT_LINES}
     return {"name": "PP-OCR cls 48x192", "model": path, "shapes": SHAPES["cls"],
             "target": "edge-tpu-zz", "floor": 0.98, "metric": "top1",
             "calibration": work / "calibration", "eval": work / "evaluation",

@@ -46,7 +46,9 @@ model with its sites there if the zoo has none. Nothing in search/ changes, as l
 rule's effect is made of the primitives above; a new kind of change (say a kernel removed
 without its reader becoming dense, or a spec change other than channels and groups) is a
 new `Effect` field and its arithmetic in search/space.py's `_kernel_cost`, once for all
-passes.
+passes. An exact rewrite that never costs more anywhere can instead be `canonical`:
+applied at every site before the search, its `canonical_note` saying what it did in the
+search's result (fold-bn, trim-kernel).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from rewriter.graph_io import Model
-from rewriter.graph_query import Namer
+from rewriter.graph_query import ConvInfo, Namer, conv_info
 
 if TYPE_CHECKING:
     from rewriter.cost.kernels import Kernel
@@ -231,7 +233,27 @@ class Pass(ABC):
         """How `site` changes the kernels of `view` (passes with an `order` implement it)."""
         raise NotImplementedError(f"pass {self.name} declares no effect for the search")
 
+    def canonical_note(self, applied: Sequence[Site]) -> str | None:
+        """What a canonical pass's rewrites at `applied` tell the user of a search's
+        result (None: nothing)."""
+        return None
 
+
+
+
+def conv_to_edit(model: Model, site: Site) -> tuple[Model, gs.Node, ConvInfo]:
+    """A copy of `model` to edit, the conv that `site` names first in it, and the conv's
+    parameters (a site names only convs that `conv_info` reads)."""
+    new = model.copy()
+    node = new.node(site.nodes[0])
+    info = conv_info(node)
+    assert info is not None
+    return new, node, info
+
+
+def set_weight(model: Model, node: gs.Node, suffix: str, values: np.ndarray) -> None:
+    """Give `node` (a conv of `model`) new weights, a constant named after it."""
+    node.inputs[1] = constant(Namer(model.graph), f"{node.name}.{suffix}", values)
 
 
 def constant(namer: Namer, base: str, values: np.ndarray) -> gs.Constant:

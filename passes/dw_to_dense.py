@@ -15,13 +15,13 @@ from rewriter.graph_io import Model
 from rewriter.graph_query import conv_info
 from rewriter.passes.base import (
     Effect,
-    Namer,
     Pass,
     SearchView,
     Site,
-    constant,
+    conv_to_edit,
     finish,
     kernel_claim,
+    set_weight,
 )
 
 
@@ -56,12 +56,7 @@ class DepthwiseToDense(Pass):
         return found
 
     def apply(self, model: Model, site: Site) -> Model:
-        new = model.copy()
-        node = new.node(site.nodes[0])
-        info = conv_info(node)
-        assert info is not None
-        namer = Namer(new.graph)
-        node.inputs[1] = constant(namer, f"{node.name}.weight_dense",
-                                  grouped_to_dense(info.weight, info.groups))
+        new, node, info = conv_to_edit(model, site)
+        set_weight(new, node, "weight_dense", grouped_to_dense(info.weight, info.groups))
         node.attrs["group"] = 1
         return finish(new)

@@ -8,6 +8,8 @@ The BN node disappears; the conv writes the BN's output tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from rewriter.graph_io import Model
@@ -20,6 +22,9 @@ class FoldBatchNorm(Pass):
     exact = True
     summary = "fold BatchNormalization into the preceding Conv (scale weights, shift bias)"
     canonical = True  # free on targets fusing BN into the conv, so the search starts after it
+
+    def canonical_note(self, applied: Sequence[Site]) -> str | None:
+        return "BatchNormalization folded into the convs (exact; free on targets that fuse BN)"
 
     def sites(self, model: Model) -> list[Site]:
         found = []

@@ -22,11 +22,12 @@ would read data. Canonical: applied everywhere before the search, like fold-bn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rewriter.graph_io import Model
 from rewriter.graph_query import conv_info
-from rewriter.passes.base import Namer, Pass, Site, constant, finish
+from rewriter.passes.base import Pass, Site, conv_to_edit, finish, set_weight
 
 
 @dataclass(frozen=True)
@@ -96,16 +97,23 @@ class TrimKernel(Pass):
             ))
         return found
 
+    def canonical_note(self, applied: Sequence[Site]) -> str | None:
+        if not applied:
+            return None
+        def size(kernel: object) -> str:
+            return "x".join(str(v) for v in kernel)  # type: ignore[attr-defined]
+
+        return ("kernel taps that only read padding dropped (exact at this input size): "
+                + ", ".join(f"{s.id} {size(s.detail['kernel'])} -> {size(s.detail['trimmed'])}"
+                            for s in applied))
+
     def apply(self, model: Model, site: Site) -> Model:
-        new = model.copy()
-        node = new.node(site.nodes[0])
-        info = conv_info(node)
-        assert info is not None
+        new, node, info = conv_to_edit(model, site)
         top, bottom, left, right = (int(v) for v in site.detail["taps"])  # type: ignore[union-attr]
         kh, kw = info.kernel
         weight = info.weight[:, :, top:kh - bottom, left:kw - right]
         (dh, dw), pads = info.dilations, info.pads
-        node.inputs[1] = constant(Namer(new.graph), f"{node.name}.weight_trimmed", weight)
+        set_weight(new, node, "weight_trimmed", weight)
         node.attrs["pads"] = [pads[0] - top * dh, pads[1] - left * dw,
                               pads[2] - bottom * dh, pads[3] - right * dw]
         node.attrs["kernel_shape"] = list(weight.shape[2:])

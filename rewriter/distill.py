@@ -84,6 +84,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from rewriter.errors import BadInputError, MissingExtraError, VerificationError
+from rewriter.fidelity import is_probabilities
 from rewriter.forced_reconstruction import FORCED_SHARE, NOTHING_RAN, reconstruct_forced
 from rewriter.graph_io import Model
 
@@ -215,8 +216,7 @@ def _output_kind(values: np.ndarray) -> _OutputKind:
     values = np.asarray(values, np.float64)
     variance = max(float(values.var()), 1e-12)
     classifier = values.ndim == 2 and values.shape[1] > 1
-    if values.ndim >= 2 and values.shape[-1] > 1 and values.min() >= -1e-6 and np.allclose(
-            values.sum(axis=-1), 1.0, atol=1e-3):
+    if is_probabilities(values):
         return _OutputKind("probs", variance, classifier)
     if classifier:
         return _OutputKind("logits", variance, classifier)

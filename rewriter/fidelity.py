@@ -253,12 +253,20 @@ def output_fidelity(name: str, y0: np.ndarray, y: np.ndarray) -> OutputFidelity:
                           confident_share)
 
 
+def is_probabilities(values: np.ndarray) -> bool:
+    """Whether an output already is probabilities over its last axis (a model ending in
+    Softmax): more than one entry, non-negative (up to rounding), each row summing to 1."""
+    values = np.asarray(values, np.float64)
+    return (values.ndim >= 2 and values.shape[-1] > 1 and values.min() >= -1e-6
+            and bool(np.allclose(values.sum(axis=-1), 1.0, atol=1e-3)))
+
+
 def top_probability(y: np.ndarray) -> np.ndarray:
     """Per sample, the top-1 probability of a classifier output [N, classes]: the output
-    itself where it is already probabilities (non-negative rows summing to 1, a model
-    ending in Softmax), else its softmax (logits)."""
+    itself where it is already probabilities (`is_probabilities`), else its softmax
+    (logits)."""
     y = np.asarray(y, np.float64)
-    if np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-3):
+    if is_probabilities(y):
         return y.max(1)
     shifted = np.exp(y - y.max(1, keepdims=True))
     return 1.0 / shifted.sum(1)  # the top class's exp(0) over the sum

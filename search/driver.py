@@ -662,13 +662,7 @@ def optimize(
         raise _no_candidate(evaluator)
     genome = _prune(evaluator, evaluator.best[0])
     warnings: list[str] = []
-    notes = ["BatchNormalization folded into the convs (exact; free on targets that fuse BN)"]
-    trimmed = space.canonical_sites.get("trim-kernel")
-    if trimmed:
-        notes.append("kernel taps that only read padding dropped (exact at this input size): "
-                     + ", ".join(f"{s.id} {'x'.join(map(str, s.detail['kernel']))} -> "
-                                 f"{'x'.join(map(str, s.detail['trimmed']))}"
-                                 for s in trimmed))
+    notes = list(space.canonical_notes)
     recovered: Model | None = None
     fidelity: Fidelity | None = None
     if not exact:

@@ -39,7 +39,7 @@ from rewriter.cost.opspec import OpSpec
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, is_empty_input
-from rewriter.passes import CANONICAL_PASSES, SEARCH_PASSES, Pass, Site
+from rewriter.passes import CANONICAL_PASSES, SEARCH_PASSES, Pass
 from rewriter.passes.base import Effect, Fusion, KernelInfo, SearchView
 from rewriter.rewrite import apply_pass
 from rewriter.staged import Batches
@@ -85,12 +85,14 @@ class SearchSpace:
                  passes: Sequence[str] | None = None) -> None:
         self.target = target
         self.multiple = target.profile.parallelism_out
-        # pass name -> the sites the canonical form rewrote (for the result's notes)
-        self.canonical_sites: dict[str, list[Site]] = {}
+        self.canonical_notes: list[str] = []  # what the canonical passes tell the user
         for cls in CANONICAL_PASSES:
-            applied = apply_pass(model, cls())
+            rule = cls()
+            applied = apply_pass(model, rule)
             model = applied.model
-            self.canonical_sites[cls.name] = applied.applied
+            note = rule.canonical_note(applied.applied)
+            if note:
+                self.canonical_notes.append(note)
         self.canonical = model
         nodes = {n.name: n for n in self.canonical.graph.nodes}
         self.kernels = [self._info(k, nodes) for k in decompose(self.canonical)]
