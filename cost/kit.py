@@ -8,11 +8,11 @@ what CSV to return). The models, in manifest order, which is the order to time t
 1. two baselines, chains of 1 and 101 Relus on a 1x8x4x4 tensor: what one inference costs
    beyond its kernels, and what one more kernel costs (`kit_import` removes it);
 2. with ``--models``, every kernel of those models and of their candidate rewrites (each
-   model with every site of fuse-ibn, dw-to-dense, fuse-linear-conv and align-channels-up
-   applied, BatchNorm folded first), as `cost.kernels.decompose` cuts them, the largest
-   first (by estimated time on ``--like``, else by work: MACs plus vector ops) and then
-   each the farthest from those before it in kind and size (`spread`), so that any prefix
-   covers them;
+   model with every site of fuse-ibn, dw-to-dense, dw-to-grouped, fuse-linear-conv and
+   align-channels-up applied, BatchNorm folded first), as `cost.kernels.decompose` cuts
+   them, the largest first (by estimated time on ``--like``, else by work: MACs plus
+   vector ops) and then each the farthest from those before it in kind and size
+   (`spread`), so that any prefix covers them;
 3. the trades the rewrites make: depthwise KxK convs and their dense replacements (one-op
    models sharing a `pair` tag), and the kernels of inverted bottlenecks (1x1 expand +
    depthwise KxK + 1x1 project) and of their fused-IBN form (dense KxK + 1x1 project);
@@ -66,7 +66,7 @@ README = "README.md"
 DEFAULT_N = 500
 JITTER = math.log(1.5)  # neighbours: sizes scaled by exp(U(-JITTER, JITTER)), x0.67-x1.5
 # The passes whose every-site form shows the kernels a search would price.
-REWRITES = ("fuse-ibn", "dw-to-dense", "fuse-linear-conv", "align-channels-up")
+REWRITES = ("fuse-ibn", "dw-to-dense", "dw-to-grouped", "fuse-linear-conv", "align-channels-up")
 # Inverted bottlenecks as MobileNetV2 has them at 224x224: (in, expanded, out channels,
 # input side, depthwise kernel, stride); and depthwise convs (channels, side, kernel,
 # stride) to set against their dense replacement.

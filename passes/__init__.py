@@ -11,6 +11,7 @@ from rewriter.passes.align_channels_up import AlignChannelsUp
 from rewriter.passes.base import Pass, Site
 from rewriter.passes.depth_multiplier import DepthMultiplier
 from rewriter.passes.dw_to_dense import DepthwiseToDense
+from rewriter.passes.dw_to_grouped import DepthwiseToGrouped
 from rewriter.passes.fold_bn import FoldBatchNorm
 from rewriter.passes.fuse_ibn import FuseIBN
 from rewriter.passes.fuse_linear_conv import FuseLinearConv
@@ -18,8 +19,8 @@ from rewriter.passes.trim_kernel import TrimKernel
 
 PASSES: dict[str, type[Pass]] = {
     cls.name: cls
-    for cls in (FoldBatchNorm, TrimKernel, DepthwiseToDense, FuseLinearConv, AlignChannelsUp,
-                FuseIBN, AlignChannelsDown, DepthMultiplier)
+    for cls in (FoldBatchNorm, TrimKernel, DepthwiseToDense, DepthwiseToGrouped, FuseLinearConv,
+                AlignChannelsUp, FuseIBN, AlignChannelsDown, DepthMultiplier)
 }
 EXACT_PASSES = [name for name, cls in PASSES.items() if cls.exact]
 # The passes giving the canonical form the search starts from, in registry order.

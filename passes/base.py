@@ -10,7 +10,7 @@ A pass owns its rule whole, in one module of this package:
   and tensors, so the search scores a genome without rebuilding the graph. `view`
   (`SearchView`) describes the canonical model once: its kernels (specs, first input,
   last output), its channel groups' counts, each node's topological step. An `Effect`
-  combines four primitives the search composes (and it knows no pass by name):
+  combines five primitives the search composes (and it knows no pass by name):
 
   * `channels`: group id -> `Resize`, the group's new count as a function of its count
     after the effects resolved before this one (`SetTo(C')`, `RoundUp(P)`); every
@@ -18,6 +18,9 @@ A pass owns its rule whole, in one module of this package:
     count follows its channels), and so are the per-channel constants no kernel counts
     (an unfolded BN's vectors, a bias Add's constant);
   * `dense`: kernels whose groups become 1 (kind conv, or conv1x1 for a 1x1 kernel);
+  * `regroup`: kernel -> `Regroup`, the grouped conv's new group count as a function of
+    its groups and input channels after the channel effects (`MergeGroups(width)`); a
+    count that does not change leaves the effect inert;
   * `fusion`: a `Fusion` -- kernel `first` (and the nodes in `skipped`) no longer run,
     kernel `second` becomes dense and reads `first`'s input, losing `first`'s weights;
     with `border` an Add of a constant [Cout, H', W'] map follows it, else the fused conv
@@ -129,6 +132,7 @@ class SearchView:
 
 
 Resize = Callable[[int], int]
+Regroup = Callable[[int, int], int]  # (groups, input channels) -> the new groups
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,28 @@ class RoundUp:
 
     def __call__(self, current: int) -> int:
         return -(-current // self.multiple) * self.multiple
+
+
+def merged_groups(groups: int, cin: int, width: int) -> int:
+    """The fewest groups, more than one, that a conv with `groups` groups over `cin` input
+    channels can be merged into (whole groups at a time) with at most `width` input
+    channels per group; `groups` itself when none can (no two groups fit together, or
+    all fit in one: that is dw-to-dense's rewrite)."""
+    per_group = cin // groups
+    merge = max(k for k in range(1, groups + 1)
+                if groups % k == 0 and k * per_group <= max(width, per_group))
+    return groups if merge == groups else groups // merge
+
+
+@dataclass(frozen=True)
+class MergeGroups:
+    """Regroup: a grouped conv's groups merged into groups of up to `width` input
+    channels (`merged_groups`), from the groups and channels it has then."""
+
+    width: int
+
+    def __call__(self, groups: int, cin: int) -> int:
+        return merged_groups(groups, cin, self.width)
 
 
 def kernel_claim(index: int) -> tuple[str, int]:
@@ -194,6 +220,7 @@ class Effect:
 
     channels: Mapping[str, Resize] = field(default_factory=dict)
     dense: tuple[int, ...] = ()
+    regroup: Mapping[int, Regroup] = field(default_factory=dict)
     fusion: Fusion | None = None
     claims: frozenset[Hashable] = frozenset()
     rank: float = 0.0  # among effects of one precedence, the lower wins

@@ -5,21 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 
-def grouped_to_dense(weight: np.ndarray, groups: int) -> np.ndarray:
-    """[Cout, Cin/g, K, K] grouped weights -> the equivalent dense [Cout, Cin, K, K].
+def merge_groups(weight: np.ndarray, groups: int, merge: int) -> np.ndarray:
+    """[Cout, Cin/g, Kh, Kw] weights of a conv with g groups -> the equivalent
+    [Cout, merge*Cin/g, Kh, Kw] weights with g/merge groups (`merge` divides g).
 
-    Output channel o belongs to group o // (Cout/g) and reads input channels
-    g*(Cin/g) .. (g+1)*(Cin/g) - 1; every other input weight is zero (block diagonal).
+    Output channel o belongs to old group q = o // (Cout/g), which read input channels
+    q*(Cin/g) .. (q+1)*(Cin/g) - 1; in new group q // merge those sit at offset
+    (q mod merge)*(Cin/g). Every other input weight of the new group is zero (block
+    diagonal), so each output sums the same products plus zeros.
     """
-    cout, cin_g = weight.shape[:2]
-    if groups == 1:
+    if merge == 1:
         return weight
+    if groups % merge:
+        raise ValueError(f"cannot merge {groups} groups {merge} at a time")
+    cout, cin_g = weight.shape[:2]
     cout_g = cout // groups
-    dense = np.zeros((cout, cin_g * groups, *weight.shape[2:]), dtype=weight.dtype)
+    merged = np.zeros((cout, cin_g * merge, *weight.shape[2:]), dtype=weight.dtype)
     for o in range(cout):
-        g = o // cout_g
-        dense[o, g * cin_g:(g + 1) * cin_g] = weight[o]
-    return dense
+        offset = (o // cout_g) % merge * cin_g
+        merged[o, offset:offset + cin_g] = weight[o]
+    return merged
+
+
+def grouped_to_dense(weight: np.ndarray, groups: int) -> np.ndarray:
+    """[Cout, Cin/g, K, K] grouped weights -> the equivalent dense [Cout, Cin, K, K]
+    (block diagonal: `merge_groups` of all g groups into one)."""
+    return merge_groups(weight, groups, groups)
 
 
 def conv2d(

@@ -229,8 +229,11 @@ def _prune(evaluator: _Evaluator, genome: Genome, exact_only: bool = False) -> G
 
 def _pareto(scores: Mapping[Genome, Score], feasible, chosen: Genome
             ) -> list[tuple[float, int, bool]]:
-    points = sorted((s.latency_ms, s.memory_bytes, g == chosen)
-                    for g, s in scores.items() if feasible(s))
+    # among genomes scoring the same (genes overridden by others change nothing), the
+    # chosen one stands for them on the front
+    points = sorted(((s.latency_ms, s.memory_bytes, g == chosen)
+                     for g, s in scores.items() if feasible(s)),
+                    key=lambda p: (p[0], p[1], not p[2]))
     front, best_memory = [], None
     for latency, memory, is_chosen in points:
         if best_memory is None or memory < best_memory:

@@ -35,7 +35,7 @@ from rewriter.analysis.channels import ChannelGroup, analyse_channels, channel_p
 from rewriter.analysis.memory import last_uses, liveness_peak, memory_stats, node_io
 from rewriter.cost.estimate import Target
 from rewriter.cost.kernels import Kernel, decompose
-from rewriter.cost.opspec import OpSpec
+from rewriter.cost.opspec import OpSpec, conv_kind
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, is_empty_input
@@ -77,6 +77,7 @@ class _State:
     channels: dict[str, int]  # group id -> channels, where changed
     fusions: dict[int, Fusion]  # second kernel -> fusion
     dense: frozenset[int]  # kernels made dense
+    regroup: dict[int, int]  # kernel -> its new group count
 
 
 class SearchSpace:
@@ -183,6 +184,7 @@ class SearchSpace:
         channels: dict[str, int] = {}
         fusions: dict[int, Fusion] = {}
         dense: set[int] = set()
+        regroup: dict[int, int] = {}
         for i in self._resolution:
             if not genome[i]:
                 continue
@@ -195,15 +197,31 @@ class SearchSpace:
                 new = resize(current)
                 if new != current:
                     resized[group] = new
-            if not (resized or effect.dense or effect.fusion):
+            regrouped = {}
+            for kernel, rule in effect.regroup.items():
+                groups, cin = self._groups(kernel, channels)
+                new = rule(groups, cin)
+                if new != groups:
+                    regrouped[kernel] = new
+            if not (resized or effect.dense or effect.fusion or regrouped):
                 continue  # it changes nothing: inert, and claims nothing
             effective.add(i)
             claimed.update(effect.claims)
             channels.update(resized)
             dense.update(effect.dense)
+            regroup.update(regrouped)
             if effect.fusion is not None:
                 fusions[effect.fusion.second] = effect.fusion
-        return _State(frozenset(effective), channels, fusions, frozenset(dense))
+        return _State(frozenset(effective), channels, fusions, frozenset(dense), regroup)
+
+    def _groups(self, index: int, groups: Mapping[str, int]) -> tuple[int, int]:
+        """(group count, input channels) of kernel `index` under the channel counts
+        `groups` (a depthwise conv's groups follow its channels)."""
+        info = self.kernels[index]
+        spec = info.kernel.spec
+        cin = self._channels(info.input, groups, spec.cin)
+        depthwise = spec.kind == "dwconv" and spec.cin == spec.cout
+        return (cin if depthwise else spec.groups), cin
 
     def active(self, genome: Genome) -> list[int]:
         """Genes that take effect (the others are overridden by a conflicting gene)."""
@@ -242,17 +260,19 @@ class SearchSpace:
         return sum(groups.get(group, width) for group, width in segments)
 
     def _kernel_cost(self, index: int, groups: Mapping[str, int], fusion: Fusion | None,
-                     dense: bool) -> tuple[float, ...]:
-        """Kernel `index` under a genome's channel counts, fusion and dense choice: its
-        latency terms in the order they are summed (a fusion's border term first), then
-        the weight elements it adds. Cached by what decides them."""
+                     dense: bool, regroup: int | None = None) -> tuple[float, ...]:
+        """Kernel `index` under a genome's channel counts, fusion, dense choice and new
+        group count: its latency terms in the order they are summed (a fusion's border
+        term first), then the weight elements it adds. Cached by what decides them."""
         info = self.kernels[index]
         spec = info.kernel.spec
-        cin = self._channels(info.input, groups, spec.cin)
         cout = self._channels(info.output, groups, spec.cout)
-        kind, groups_attr = spec.kind, spec.groups
-        if spec.kind == "dwconv" and spec.cin == spec.cout:
-            groups_attr = cin
+        groups_attr, cin = self._groups(index, groups)
+        kind = spec.kind
+        if regroup is not None:
+            groups_attr = regroup
+            kind = conv_kind(cin, cout, 1 if (spec.kh, spec.kw) == (1, 1) else spec.kh,
+                             regroup)
         if fusion is not None:
             source = self.kernels[fusion.first]
             cin = self._channels(source.input, groups, source.kernel.spec.cin)
@@ -291,6 +311,7 @@ class SearchSpace:
         groups, fusions, dense = state.channels, state.fusions, state.dense
         touched = set(dense)
         touched.update(fusions)
+        touched.update(state.regroup)
         for group in groups:
             touched.update(self._group_kernels.get(group, ()))
         removed = {fusion.first for fusion in fusions.values()}
@@ -301,7 +322,8 @@ class SearchSpace:
             if index in removed:
                 continue
             parts = (static if index not in touched else
-                     self._kernel_cost(index, groups, fusions.get(index), index in dense))
+                     self._kernel_cost(index, groups, fusions.get(index), index in dense,
+                                       state.regroup.get(index)))
             if len(parts) == 3:  # a fusion's border term, summed before its conv
                 latency += parts[0]
             latency += parts[-2]

@@ -29,12 +29,12 @@ def test_passes_lists_every_pass_with_exactness(capsys):
     assert main(["passes"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == [
-        "fold-bn", "trim-kernel", "dw-to-dense", "fuse-linear-conv", "align-channels-up",
-        "fuse-ibn", "align-channels-down", "depth-multiplier"]
-    assert all(" exact " in line for line in lines[:5])
-    assert all("architecture change" in line for line in lines[5:])
+        "fold-bn", "trim-kernel", "dw-to-dense", "dw-to-grouped", "fuse-linear-conv",
+        "align-channels-up", "fuse-ibn", "align-channels-down", "depth-multiplier"]
+    assert all(" exact " in line for line in lines[:6])
+    assert all("architecture change" in line for line in lines[6:])
     assert main(["passes", "--json"]) == 0
-    assert [p["exact"] for p in json.loads(capsys.readouterr().out)] == [True] * 5 + [False] * 3
+    assert [p["exact"] for p in json.loads(capsys.readouterr().out)] == [True] * 6 + [False] * 3
 
 
 def test_inspect_json_has_the_documented_keys(small_model, capsys):

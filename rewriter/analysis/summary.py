@@ -117,6 +117,9 @@ def why_no_sites(name: str, model: Model, blocks: list[Block], groups: list[Chan
     if name == "dw-to-dense":
         return "no depthwise or grouped convs" if not grouped else (
             "its grouped convs cannot be made dense here")
+    if name == "dw-to-grouped":
+        return "no depthwise or grouped convs" if not grouped else (
+            f"no grouped conv has groups to merge below P={multiple} channels per group")
     if name == "fuse-linear-conv":
         return "no 1x1 conv feeding a KxK conv with nothing between them"
     if name == "fuse-ibn":
