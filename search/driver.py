@@ -55,6 +55,11 @@ from rewriter.verify import VerificationReport, verify
 
 DEFAULT_CANDIDATES = {"greedy": 20_000, "evolution": 2_000, "random": 2_000}
 DEFAULT_MIN_FIDELITY = 0.99
+# An architecture change must lower the estimated latency of the exact result it is added
+# to by at least this share, or it is not tried: a smaller gain does not pay for any
+# fidelity it costs, and is within the estimators' error on a gain (1-4 points on whole
+# models simulated in ZigZag, benchmarks/README.md, zigzag_accuracy.py).
+MIN_ARCHITECTURE_GAIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -313,18 +318,24 @@ class _FidelityGuard:
         return (self.evaluator(self._with(base, genes)) is not None
                 and self.measure(base, genes).value(self.metric) >= self.floor)
 
+    def gain(self, base: Genome, index: int) -> float:
+        """The share of `base`'s estimated latency that architecture change `index` saves
+        alone on top of it."""
+        base_ms = self.evaluator.score(base).latency_ms
+        return 1.0 - self.evaluator.score(self._with(base, [index])).latency_ms / base_ms
+
     def ranking(self, genome: Genome) -> list[int]:
         """The genome's architecture changes (and every depth multiplier) that lower the
-        latency and pass the floor alone, best latency gain per unit of cosine lost first."""
+        latency by at least MIN_ARCHITECTURE_GAIN and pass the floor alone, best latency
+        gain per unit of cosine lost first."""
         space = self.space
         base = space.exact_part(genome)
         candidates = set(space.architecture_genes(genome)) | {
             i for i, g in enumerate(space.genes) if g.pass_name == "depth-multiplier"}
-        base_ms = self.evaluator.score(base).latency_ms
         ranked = []
         for index in sorted(candidates):
-            gain = base_ms - self.evaluator.score(self._with(base, [index])).latency_ms
-            if gain > 0 and self.passes(base, [index]):
+            gain = self.gain(base, index)
+            if gain >= MIN_ARCHITECTURE_GAIN and self.passes(base, [index]):
                 loss = 1.0 - self.measure(base, [index]).min_cosine
                 ranked.append((-gain / max(loss, 1e-9), index))
                 # A search over prefixes may end at the best single change, measured
@@ -445,10 +456,27 @@ class _RecoveryStage:
             self.kept = (candidate, model, after)
         return model
 
+    def _worthwhile(self, genome: Genome) -> Genome:
+        """`genome`'s architecture changes on the best exact rewrites without them (so a
+        change is judged against what the exact path does with the same convs: a fusion
+        of a depthwise conv against its regrouping, not against the plain depthwise conv),
+        less the changes that alone save less than MIN_ARCHITECTURE_GAIN of that
+        (noted)."""
+        base = self._complete(self.space.exact_part(genome))
+        changes = self.space.architecture_genes(genome)
+        small = [i for i in changes if self.guard.gain(base, i) < MIN_ARCHITECTURE_GAIN]
+        if small:
+            self.notes.append(
+                f"not tried: {len(small)} architecture changes that would each save less "
+                f"than {MIN_ARCHITECTURE_GAIN:.0%} of the estimated latency over the exact "
+                f"rewrites ({self._label(small)})")
+        return self.guard._with(base, [i for i in changes if i not in small])
+
     def run(self, genome: Genome) -> tuple[Genome, Model | None, Fidelity | None]:
         canonical = self.space.canonical
         self.reference = collect(canonical, self.data.eval.batches(BATCH))
         self.start = time.perf_counter()
+        genome = self._worthwhile(genome)
         if self.space.architecture_genes(genome):
             if self.method == "refit":
                 chosen = self.guard.choose(genome)
@@ -462,6 +490,13 @@ class _RecoveryStage:
                 self._search(genome)
         self.notes.append(f"fidelity screened on {len(self.guard.cache)} refitted "
                           f"candidates; {len(self.tried)} recovered by {self.method}")
+        exact = self._complete(self.space.exact_part(genome))
+        if self.kept is not None and (self.evaluator.score(self.kept[0]).latency_ms
+                                      >= self.evaluator.score(exact).latency_ms):
+            kept = self._label(self.space.architecture_genes(self.kept[0]))
+            self.notes.append(f"the architecture changes kept ({kept}) are no faster than "
+                              "the exact rewrites alone: exact rewrites only")
+            self.kept = None
         if self.kept is not None:
             candidate, model, after = self.kept
             chosen_metric = self.metric or after.default_metric()
@@ -476,7 +511,6 @@ class _RecoveryStage:
             if uncertain:
                 self.warnings.append(uncertain)
             return candidate, model, after
-        exact = self._complete(self.space.exact_part(genome))
         if self.tried:
             samples = len(self.data.eval)
             metric = self.metric or ("top1" if _classifier(self.reference) else "cosine")
