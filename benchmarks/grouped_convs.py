@@ -24,16 +24,9 @@ from rewriter.cost.opspec import OpSpec, conv_kind
 from rewriter.cost.zigzag import measure_zigzag
 from rewriter.cost.zigzag_models import target_accelerator
 from rewriter.graph_io import Model, model_from_proto
-from rewriter.passes import CANONICAL_PASSES
 from rewriter.passes.base import merged_groups
-from rewriter.rewrite import apply_pass
+from rewriter.rewrite import canonical_form
 from rewriter.tables import table
-
-
-def canonical(model: Model) -> Model:
-    for cls in CANONICAL_PASSES:
-        model = apply_pass(model, cls()).model
-    return model
 
 
 def models(which: list[str]) -> dict[str, Model]:
@@ -43,11 +36,11 @@ def models(which: list[str]) -> dict[str, Model]:
         from rewriter.samples import SHAPES, rapidocr_models
 
         path = rapidocr_models(("cls",))["cls"]
-        found["paddleocr-cls"] = canonical(load_model(path, SHAPES["cls"]))
+        found["paddleocr-cls"] = canonical_form(load_model(path, SHAPES["cls"]))[0]
     if "zoo" in which:
         for name in zoo.NAMES:
             proto = zoo.build(name, width=1.0, resolution=96, fold_bn=True)
-            found[f"{name}-w1-r96"] = canonical(model_from_proto(proto))
+            found[f"{name}-w1-r96"] = canonical_form(model_from_proto(proto))[0]
     return found
 
 

@@ -10,17 +10,17 @@ A pass owns its rule whole, in one module of this package:
   and tensors, so the search scores a genome without rebuilding the graph. `view`
   (`SearchView`) describes the canonical model once: its kernels (specs, first input,
   last output), its channel groups' counts, each node's topological step. An `Effect`
-  combines five primitives the search composes (and it knows no pass by name):
+  combines four primitives the search composes (and it knows no pass by name):
 
   * `channels`: group id -> `Resize`, the group's new count as a function of its count
     after the effects resolved before this one (`SetTo(C')`, `RoundUp(P)`); every
     tensor and kernel reading or writing the group is rescaled (a depthwise conv's group
     count follows its channels), and so are the per-channel constants no kernel counts
     (an unfolded BN's vectors, a bias Add's constant);
-  * `dense`: kernels whose groups become 1 (kind conv, or conv1x1 for a 1x1 kernel);
   * `regroup`: kernel -> `Regroup`, the grouped conv's new group count as a function of
-    its groups and input channels after the channel effects (`MergeGroups(width)`); a
-    count that does not change leaves the effect inert;
+    its groups and input channels after the channel effects (`MergeGroups(width)`;
+    `MergeGroups()`: 1, a dense conv); a count that does not change leaves the effect
+    inert;
   * `fusion`: a `Fusion` -- kernel `first` (and the nodes in `skipped`) no longer run,
     kernel `second` becomes dense and reads `first`'s input, losing `first`'s weights;
     with `border` an Add of a constant [Cout, H', W'] map follows it, else the fused conv
@@ -169,12 +169,13 @@ def merged_groups(groups: int, cin: int, width: int) -> int:
 @dataclass(frozen=True)
 class MergeGroups:
     """Regroup: a grouped conv's groups merged into groups of up to `width` input
-    channels (`merged_groups`), from the groups and channels it has then."""
+    channels (`merged_groups`), from the groups and channels it has then; without a
+    width, into one group (a dense conv)."""
 
-    width: int
+    width: int | None = None
 
     def __call__(self, groups: int, cin: int) -> int:
-        return merged_groups(groups, cin, self.width)
+        return 1 if self.width is None else merged_groups(groups, cin, self.width)
 
 
 def kernel_claim(index: int) -> tuple[str, int]:
@@ -219,7 +220,6 @@ class Effect:
     docstring for how the search composes effects)."""
 
     channels: Mapping[str, Resize] = field(default_factory=dict)
-    dense: tuple[int, ...] = ()
     regroup: Mapping[int, Regroup] = field(default_factory=dict)
     fusion: Fusion | None = None
     claims: frozenset[Hashable] = frozenset()
@@ -227,7 +227,7 @@ class Effect:
 
     @property
     def changes_tensors(self) -> bool:
-        """Whether it changes any tensor (a kernel only made dense changes none, so the
+        """Whether it changes any tensor (a kernel only regrouped changes none, so the
         peak of activations does not depend on it)."""
         return bool(self.channels) or self.fusion is not None
 

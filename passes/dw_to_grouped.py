@@ -21,25 +21,13 @@ CPU the merged form only adds MACs; the search keeps it where the target prices 
 
 from __future__ import annotations
 
-from rewriter.conv_math import merge_groups
 from rewriter.errors import BadInputError
-from rewriter.graph_io import Model
-from rewriter.graph_query import conv_info
-from rewriter.passes.base import (
-    Effect,
-    MergeGroups,
-    Pass,
-    SearchView,
-    Site,
-    conv_to_edit,
-    finish,
-    kernel_claim,
-    merged_groups,
-    set_weight,
-)
+from rewriter.graph_query import ConvInfo
+from rewriter.passes.base import MergeGroups
+from rewriter.passes.dw_to_dense import DepthwiseToDense
 
 
-class DepthwiseToGrouped(Pass):
+class DepthwiseToGrouped(DepthwiseToDense):
     name = "dw-to-grouped"
     exact = True
     summary = "merge a depthwise/grouped conv's groups into groups of up to P channels"
@@ -51,40 +39,7 @@ class DepthwiseToGrouped(Pass):
         if multiple < 2:
             raise BadInputError(f"--multiple must be at least 2, not {multiple}")
         self.multiple = multiple
+        self.regroup = MergeGroups(multiple)
 
-    def effect(self, site: Site, view: SearchView) -> Effect | None:
-        """The conv's kernel gets the merged group count of the groups and channels it
-        has once the channel effects are settled (inert where none merge). It claims the
-        kernel: a fusion or dw-to-dense of the same conv excludes it."""
-        kernel = view.kernel_of(site.nodes[0])
-        if kernel is None:
-            return None
-        return Effect(regroup={kernel: MergeGroups(self.multiple)},
-                      claims=frozenset({kernel_claim(kernel)}))
-
-    def sites(self, model: Model) -> list[Site]:
-        found = []
-        for node in model.graph.nodes:
-            info = conv_info(node)
-            if info is None or info.groups == 1:
-                continue
-            groups = merged_groups(info.groups, info.cin, self.multiple)
-            if groups == info.groups:
-                continue
-            kind = "depthwise" if info.is_depthwise else "grouped"
-            found.append(Site(
-                self.name, node.name, (node.name,),
-                f"{kind} {info.kernel[0]}x{info.kernel[1]} conv {info.cin}->{info.cout} "
-                f"(group {info.groups}) -> group {groups} of {info.cin // groups} channels",
-                {"groups": info.groups, "merged": groups, "cin": info.cin,
-                 "cout": info.cout},
-            ))
-        return found
-
-    def apply(self, model: Model, site: Site) -> Model:
-        new, node, info = conv_to_edit(model, site)
-        groups = int(site.detail["merged"])  # type: ignore[arg-type]
-        set_weight(new, node, "weight_grouped",
-                   merge_groups(info.weight, info.groups, info.groups // groups))
-        node.attrs["group"] = groups
-        return finish(new)
+    def describe(self, info: ConvInfo, groups: int) -> str:
+        return f"group {groups} of {info.cin // groups} channels"

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
-from rewriter.passes import Pass, Site
+from rewriter.passes import CANONICAL_PASSES, Pass, Site
 
 
 @dataclass
@@ -50,3 +50,18 @@ def apply_pass(model: Model, rule: Pass, site_ids: Sequence[str] | None = None) 
         live = None
     result.model = current
     return result
+
+
+def canonical_form(model: Model) -> tuple[Model, list[str]]:
+    """`model` with every canonical pass (`CANONICAL_PASSES`: exact and never dearer) applied
+    at every site, in registry order, and what they tell a user of it
+    (`Pass.canonical_note`): the form the search starts from."""
+    notes = []
+    for cls in CANONICAL_PASSES:
+        rule = cls()
+        applied = apply_pass(model, rule)
+        model = applied.model
+        note = rule.canonical_note(applied.applied)
+        if note:
+            notes.append(note)
+    return model, notes

@@ -9,7 +9,7 @@ order (a pass with several variants, such as one depth multiplier per factor, gi
 gene per variant and site).
 
 Each pass declares what a site does (`Pass.effect`, rewriter.passes.base): groups resized,
-kernels made dense, a kernel fused into the next, and claim keys. The space settles a
+kernels regrouped (or made dense), a kernel fused into the next, and claim keys. The space settles a
 genome's conflicts from those declarations alone, so every genome is a valid model: genes
 are resolved in the passes' `precedence` order (then the effect's rank, then gene index),
 and a gene whose claim an effective one took, or that changes nothing, is inert.
@@ -39,9 +39,9 @@ from rewriter.cost.opspec import OpSpec, conv_kind
 from rewriter.errors import BadInputError
 from rewriter.graph_io import Model
 from rewriter.graph_query import const_value, is_empty_input
-from rewriter.passes import CANONICAL_PASSES, SEARCH_PASSES, Pass
+from rewriter.passes import SEARCH_PASSES, Pass
 from rewriter.passes.base import Effect, Fusion, KernelInfo, SearchView
-from rewriter.rewrite import apply_pass
+from rewriter.rewrite import apply_pass, canonical_form
 from rewriter.staged import Batches
 
 DEFAULT_MULTIPLIERS = (0.75, 0.5)
@@ -76,8 +76,7 @@ class _State:
     effective: frozenset[int]
     channels: dict[str, int]  # group id -> channels, where changed
     fusions: dict[int, Fusion]  # second kernel -> fusion
-    dense: frozenset[int]  # kernels made dense
-    regroup: dict[int, int]  # kernel -> its new group count
+    regroup: dict[int, int]  # kernel -> its new group count (1: dense)
 
 
 class SearchSpace:
@@ -86,15 +85,8 @@ class SearchSpace:
                  passes: Sequence[str] | None = None) -> None:
         self.target = target
         self.multiple = target.profile.parallelism_out
-        self.canonical_notes: list[str] = []  # what the canonical passes tell the user
-        for cls in CANONICAL_PASSES:
-            rule = cls()
-            applied = apply_pass(model, rule)
-            model = applied.model
-            note = rule.canonical_note(applied.applied)
-            if note:
-                self.canonical_notes.append(note)
-        self.canonical = model
+        # canonical_notes: what the canonical passes tell the user
+        self.canonical, self.canonical_notes = canonical_form(model)
         nodes = {n.name: n for n in self.canonical.graph.nodes}
         self.kernels = [self._info(k, nodes) for k in decompose(self.canonical)]
         analysis = analyse_channels(self.canonical)
@@ -183,7 +175,6 @@ class SearchSpace:
         claimed: set[object] = set()
         channels: dict[str, int] = {}
         fusions: dict[int, Fusion] = {}
-        dense: set[int] = set()
         regroup: dict[int, int] = {}
         for i in self._resolution:
             if not genome[i]:
@@ -203,16 +194,15 @@ class SearchSpace:
                 new = rule(groups, cin)
                 if new != groups:
                     regrouped[kernel] = new
-            if not (resized or effect.dense or effect.fusion or regrouped):
+            if not (resized or effect.fusion or regrouped):
                 continue  # it changes nothing: inert, and claims nothing
             effective.add(i)
             claimed.update(effect.claims)
             channels.update(resized)
-            dense.update(effect.dense)
             regroup.update(regrouped)
             if effect.fusion is not None:
                 fusions[effect.fusion.second] = effect.fusion
-        return _State(frozenset(effective), channels, fusions, frozenset(dense), regroup)
+        return _State(frozenset(effective), channels, fusions, regroup)
 
     def _groups(self, index: int, groups: Mapping[str, int]) -> tuple[int, int]:
         """(group count, input channels) of kernel `index` under the channel counts
@@ -241,7 +231,7 @@ class SearchSpace:
             for tensor in (info.input, info.output):
                 for group, _ in self.layout.get(tensor) or ():
                     self._group_kernels.setdefault(group, set()).add(index)
-        self._static = [self._kernel_cost(index, {}, None, False)
+        self._static = [self._kernel_cost(index, {}, None, None)
                         for index in range(len(self.kernels))]
         shapes = self.canonical.shapes
         names = {*self.inputs, *(name for io in self._node_io for part in io for name in part)}
@@ -260,25 +250,22 @@ class SearchSpace:
         return sum(groups.get(group, width) for group, width in segments)
 
     def _kernel_cost(self, index: int, groups: Mapping[str, int], fusion: Fusion | None,
-                     dense: bool, regroup: int | None = None) -> tuple[float, ...]:
-        """Kernel `index` under a genome's channel counts, fusion, dense choice and new
-        group count: its latency terms in the order they are summed (a fusion's border
-        term first), then the weight elements it adds. Cached by what decides them."""
+                     regroup: int | None) -> tuple[float, ...]:
+        """Kernel `index` under a genome's channel counts, fusion and new group count: its
+        latency terms in the order they are summed (a fusion's border term first), then
+        the weight elements it adds. Cached by what decides them."""
         info = self.kernels[index]
         spec = info.kernel.spec
         cout = self._channels(info.output, groups, spec.cout)
         groups_attr, cin = self._groups(index, groups)
         kind = spec.kind
-        if regroup is not None:
-            groups_attr = regroup
-            kind = conv_kind(cin, cout, 1 if (spec.kh, spec.kw) == (1, 1) else spec.kh,
-                             regroup)
-        if fusion is not None:
+        if fusion is not None:  # a fused conv is dense and reads the first conv's input
             source = self.kernels[fusion.first]
             cin = self._channels(source.input, groups, source.kernel.spec.cin)
-        if dense or fusion is not None:
-            groups_attr = 1
-            kind = "conv1x1" if (spec.kh, spec.kw) == (1, 1) else "conv"
+            regroup = 1
+        if regroup is not None:
+            groups_attr = regroup
+            kind = conv_kind(cin, cout, max(spec.kh, spec.kw), regroup)
         key = (index, cin, cout, groups_attr, kind, fusion)
         hit = self._kernel_costs.get(key)
         if hit is None:
@@ -308,9 +295,8 @@ class SearchSpace:
 
     def score(self, genome: Genome) -> Score:
         state = self._state(genome)
-        groups, fusions, dense = state.channels, state.fusions, state.dense
-        touched = set(dense)
-        touched.update(fusions)
+        groups, fusions = state.channels, state.fusions
+        touched = set(fusions)
         touched.update(state.regroup)
         for group in groups:
             touched.update(self._group_kernels.get(group, ()))
@@ -322,13 +308,13 @@ class SearchSpace:
             if index in removed:
                 continue
             parts = (static if index not in touched else
-                     self._kernel_cost(index, groups, fusions.get(index), index in dense,
+                     self._kernel_cost(index, groups, fusions.get(index),
                                        state.regroup.get(index)))
             if len(parts) == 3:  # a fusion's border term, summed before its conv
                 latency += parts[0]
             latency += parts[-2]
             weight_delta += parts[-1]
-        # Genes changing no tensor (dense) leave the peak as it is: genomes differing only
+        # Genes changing no tensor (regrouping) leave the peak as it is: genomes differing only
         # in them share it.
         key = state.effective & self._tensor_genes
         peak = self._peaks.get(key)
